@@ -1,0 +1,121 @@
+//! The API's one error type, and its translation to the wire: to a gRPC `Status` here and to an HTTP response
+//! (Conductor's error body) here, and nowhere else.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::engine::definitions::FieldError;
+use crate::engine::{Rejection, RejectionKind};
+use crate::raft::proposer::ProposeError;
+use crate::storage::state_machine::ReadError;
+
+/// Everything an API call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Bad input; `field_errors` name each offending field.
+    #[error("{message}")]
+    Invalid {
+        /// A sentence for people.
+        message: String,
+        /// One entry per problem.
+        field_errors: Vec<FieldError>,
+    },
+    /// The thing asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The thing to create exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// No leader could be reached in time, or this node is shutting down; nothing was applied.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The write reached a leader but its outcome is unknown.
+    #[error("{0}")]
+    OutcomeUnknown(String),
+    /// A storage failure on this node.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// Bad input with one field error.
+    pub fn invalid_field(error: FieldError) -> Self {
+        let message =
+            if error.path.is_empty() { error.message.clone() } else { format!("{}: {}", error.path, error.message) };
+        ApiError::Invalid { message, field_errors: vec![error] }
+    }
+
+    /// Bad input with several field errors.
+    pub fn invalid_fields(field_errors: Vec<FieldError>) -> Self {
+        let summary: Vec<String> = field_errors.iter().map(|e| format!("{}: {}", e.path, e.message)).collect();
+        ApiError::Invalid { message: format!("invalid definition: {}", summary.join("; ")), field_errors }
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(r: Rejection) -> Self {
+        match r.kind {
+            RejectionKind::Invalid if !r.field_errors.is_empty() => ApiError::invalid_fields(r.field_errors),
+            RejectionKind::Invalid => ApiError::Invalid { message: r.message, field_errors: Vec::new() },
+            RejectionKind::NotFound => ApiError::NotFound(r.message),
+            RejectionKind::AlreadyExists => ApiError::AlreadyExists(r.message),
+        }
+    }
+}
+
+impl From<ProposeError> for ApiError {
+    fn from(e: ProposeError) -> Self {
+        match e {
+            ProposeError::NoLeader { .. } | ProposeError::ShuttingDown => ApiError::Unavailable(e.to_string()),
+            ProposeError::OutcomeUnknown(_) => ApiError::OutcomeUnknown(e.to_string()),
+        }
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(e: ReadError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        let message = e.to_string();
+        match e {
+            ApiError::Invalid { .. } => tonic::Status::invalid_argument(message),
+            ApiError::NotFound(_) => tonic::Status::not_found(message),
+            ApiError::AlreadyExists(_) => tonic::Status::already_exists(message),
+            ApiError::Unavailable(_) => tonic::Status::unavailable(message),
+            ApiError::OutcomeUnknown(_) => tonic::Status::deadline_exceeded(message),
+            ApiError::Internal(_) => tonic::Status::internal(message),
+        }
+    }
+}
+
+/// Conductor's error body.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ErrorBody {
+    status: u16,
+    message: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    validation_errors: Vec<FieldError>,
+    retryable: bool,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let message = self.to_string();
+        let (status, retryable, validation_errors) = match self {
+            ApiError::Invalid { field_errors, .. } => (StatusCode::BAD_REQUEST, false, field_errors),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, false, Vec::new()),
+            ApiError::AlreadyExists(_) => (StatusCode::CONFLICT, false, Vec::new()),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, true, Vec::new()),
+            ApiError::OutcomeUnknown(_) => (StatusCode::GATEWAY_TIMEOUT, true, Vec::new()),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, false, Vec::new()),
+        };
+        let body = ErrorBody { status: status.as_u16(), message, validation_errors, retryable };
+        (status, axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,119 @@
+//! The metadata operations (task and workflow definitions), shared by the gRPC and HTTP front ends: parse,
+//! validate, propose through Raft, read with the requested consistency.
+
+use std::sync::Arc;
+
+use crate::api::error::ApiError;
+use crate::engine::definitions::{parse_json, FieldError, TaskDef, WorkflowDef};
+use crate::engine::{Command, CommandResponse};
+use crate::raft::proposer::{Committed, Proposer};
+use crate::storage::StateReader;
+
+/// How a read is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// This node's applied state (may lag the leader by a few entries).
+    #[default]
+    Local,
+    /// Sees every write acknowledged before the read began (confirmed with the leader and a quorum).
+    Linearizable,
+}
+
+/// The metadata service behind both front ends.
+#[derive(Debug, Clone)]
+pub struct MetadataApi {
+    proposer: Arc<Proposer>,
+    reader: StateReader,
+}
+
+/// Parses one JSON document, prefixing the error path with `prefix` (e.g. `[2]`).
+pub fn parse_document<T: serde::de::DeserializeOwned>(text: &str, prefix: &str) -> Result<T, ApiError> {
+    parse_json(text).map_err(|e| {
+        let path = match (prefix.is_empty(), e.path.is_empty()) {
+            (true, _) => e.path,
+            (false, true) => prefix.to_string(),
+            (false, false) => format!("{prefix}.{}", e.path),
+        };
+        ApiError::invalid_field(FieldError { path, message: e.message })
+    })
+}
+
+impl MetadataApi {
+    /// The service over this node's proposer and state.
+    pub fn new(proposer: Arc<Proposer>, reader: StateReader) -> Self {
+        MetadataApi { proposer, reader }
+    }
+
+    async fn write(&self, command: Command) -> Result<Committed, ApiError> {
+        let problems = command.validate();
+        if !problems.is_empty() {
+            return Err(ApiError::invalid_fields(problems));
+        }
+        let committed = self.proposer.propose(command).await?;
+        match committed.response {
+            CommandResponse::Done => Ok(committed),
+            CommandResponse::Rejected(rejection) => Err(rejection.into()),
+        }
+    }
+
+    async fn barrier(&self, consistency: Consistency) -> Result<(), ApiError> {
+        if consistency == Consistency::Linearizable {
+            self.proposer.linearizable_barrier().await?;
+        }
+        Ok(())
+    }
+
+    /// Creates or replaces task definitions.
+    pub async fn register_task_defs(&self, defs: Vec<TaskDef>) -> Result<Committed, ApiError> {
+        self.write(Command::RegisterTaskDefs { defs }).await
+    }
+
+    /// Replaces an existing task definition.
+    pub async fn update_task_def(&self, def: TaskDef) -> Result<Committed, ApiError> {
+        self.write(Command::UpdateTaskDef { def }).await
+    }
+
+    /// Creates a workflow definition (or replaces it, with `overwrite`).
+    pub async fn register_workflow_def(&self, def: WorkflowDef, overwrite: bool) -> Result<Committed, ApiError> {
+        self.write(Command::RegisterWorkflowDef { def, overwrite }).await
+    }
+
+    /// Creates or replaces workflow definitions.
+    pub async fn update_workflow_defs(&self, defs: Vec<WorkflowDef>) -> Result<Committed, ApiError> {
+        self.write(Command::UpdateWorkflowDefs { defs }).await
+    }
+
+    /// One task definition.
+    pub async fn task_def(&self, name: &str, consistency: Consistency) -> Result<TaskDef, ApiError> {
+        self.barrier(consistency).await?;
+        self.reader.task_def(name)?.ok_or_else(|| ApiError::NotFound(format!("no task definition named '{name}'")))
+    }
+
+    /// Every task definition.
+    pub async fn task_defs(&self, consistency: Consistency) -> Result<Vec<TaskDef>, ApiError> {
+        self.barrier(consistency).await?;
+        Ok(self.reader.task_defs()?)
+    }
+
+    /// One workflow definition; the latest version when `version` is None.
+    pub async fn workflow_def(
+        &self,
+        name: &str,
+        version: Option<u32>,
+        consistency: Consistency,
+    ) -> Result<WorkflowDef, ApiError> {
+        self.barrier(consistency).await?;
+        self.reader.workflow_def(name, version)?.ok_or_else(|| {
+            ApiError::NotFound(match version {
+                Some(v) => format!("no workflow definition named '{name}' with version {v}"),
+                None => format!("no workflow definition named '{name}'"),
+            })
+        })
+    }
+
+    /// Every version of every workflow definition.
+    pub async fn workflow_defs(&self, consistency: Consistency) -> Result<Vec<WorkflowDef>, ApiError> {
+        self.barrier(consistency).await?;
+        Ok(self.reader.workflow_defs()?)
+    }
+}

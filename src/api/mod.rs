@@ -1,0 +1,10 @@
+//! The API every node serves: public gRPC services ([`grpc`]), HTTP ([`http`]: status, health, Conductor's REST),
+//! the operations they share ([`metadata`], [`status`]) and the one error type with its wire mappings
+//! ([`error`]). Any node accepts any call; writes go through the [`Proposer`](crate::raft::proposer::Proposer),
+//! which forwards to the leader.
+
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod metadata;
+pub mod status;

@@ -1,0 +1,85 @@
+//! `baton cluster status`: every member's role, term, leader, log and apply indexes, as a table.
+
+use std::time::Duration;
+
+use comfy_table::{presets, Table};
+
+use crate::api::status::NodeStatus;
+use crate::pb::v1::cluster_service_client::ClusterServiceClient;
+use crate::pb::v1::StatusRequest;
+use crate::raft::network::channel;
+
+/// How long one node may take to answer a status request.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One node's status, or why it could not be had.
+pub type Reply = Result<NodeStatus, String>;
+
+/// Asks the node at `grpc_addr` for its status.
+pub async fn fetch(grpc_addr: &str) -> Reply {
+    let channel = channel(grpc_addr).map_err(|e| e.to_string())?;
+    let mut client = ClusterServiceClient::new(channel);
+    let mut request = tonic::Request::new(StatusRequest {});
+    request.set_timeout(STATUS_TIMEOUT);
+    match tokio::time::timeout(STATUS_TIMEOUT, client.status(request)).await {
+        Ok(Ok(reply)) => Ok(reply.into_inner().into()),
+        Ok(Err(status)) if status.code() == tonic::Code::Unavailable => Err("unreachable".to_string()),
+        Ok(Err(status)) => Err(status.message().to_string()),
+        Err(_) => Err("timed out".to_string()),
+    }
+}
+
+/// Asks every member: the members listed by the first of `seeds` that answers, else the seeds themselves.
+pub async fn fetch_all(seeds: &[String]) -> Vec<(String, Reply)> {
+    let mut members = None;
+    for seed in seeds {
+        if let Ok(status) = fetch(seed).await {
+            members = Some(status.members.into_iter().map(|m| m.grpc_addr).collect::<Vec<_>>());
+            break;
+        }
+    }
+    let addrs = members.unwrap_or_else(|| seeds.to_vec());
+    let replies = futures::future::join_all(addrs.iter().map(|a| fetch(a))).await;
+    addrs.into_iter().zip(replies).collect()
+}
+
+/// Renders replies as a table for people.
+pub fn render(replies: &[(String, Reply)]) -> String {
+    let mut table = Table::new();
+    table.load_preset(presets::UTF8_BORDERS_ONLY);
+    table.set_header([
+        "node",
+        "role",
+        "term",
+        "leader",
+        "last log",
+        "committed",
+        "applied",
+        "state hash",
+        "gRPC",
+        "HTTP",
+    ]);
+    for (addr, reply) in replies {
+        match reply {
+            Ok(s) => {
+                let http = s.members.iter().find(|m| m.id == s.node_id).map_or("", |m| m.http_addr.as_str());
+                table.add_row([
+                    s.node_id.to_string(),
+                    s.role.clone(),
+                    s.term.to_string(),
+                    s.leader_id.map_or("-".to_string(), |l| l.to_string()),
+                    s.last_log_index.to_string(),
+                    s.committed_index.to_string(),
+                    s.last_applied.to_string(),
+                    s.state_hash.chars().take(12).collect(),
+                    addr.clone(),
+                    http.to_string(),
+                ]);
+            }
+            Err(e) => {
+                table.add_row(["?", e.as_str(), "", "", "", "", "", "", addr.as_str(), ""]);
+            }
+        }
+    }
+    table.to_string()
+}

@@ -1,0 +1,369 @@
+//! The engine: Baton's business semantics as a pure, deterministic function,
+//! `apply(state, proposal) -> (mutations, response)`.
+//!
+//! Every replica applies the same log with this function and must reach byte-identical state, so nothing in here
+//! may read a clock, draw randomness, do I/O, or depend on hash-map iteration order. Time and fresh ids arrive
+//! inside the [`Proposal`], stamped by the leader. The engine reads the state through [`StateView`] and describes
+//! changes as [`Mutation`]s; the storage layer turns those into keys and writes them in one batch with the applied
+//! log index.
+//!
+//! A refusal (a definition that already exists, an update of one that does not) is an ordinary, deterministic
+//! [`CommandResponse::Rejected`], recorded alike by every replica, never an `Err`. `Err` means the state could
+//! not be read, which is fatal for the node.
+
+pub mod definitions;
+
+use serde::{Deserialize, Serialize};
+
+use definitions::{validate_task_def, validate_workflow_def, FieldError, TaskDef, WorkflowDef};
+
+/// A state change a client asked for. One variant per operation; each is applied atomically.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create or replace task definitions (Conductor `POST /api/metadata/taskdefs`).
+    RegisterTaskDefs {
+        /// The definitions, applied in order.
+        defs: Vec<TaskDef>,
+    },
+    /// Replace one existing task definition (Conductor `PUT /api/metadata/taskdefs`).
+    UpdateTaskDef {
+        /// The new definition; its name must exist.
+        def: TaskDef,
+    },
+    /// Create a workflow definition (Conductor `POST /api/metadata/workflow`).
+    RegisterWorkflowDef {
+        /// The definition.
+        def: WorkflowDef,
+        /// Replace an existing definition of the same name and version instead of refusing.
+        overwrite: bool,
+    },
+    /// Create or replace workflow definitions (Conductor `PUT /api/metadata/workflow`).
+    UpdateWorkflowDefs {
+        /// The definitions, applied in order.
+        defs: Vec<WorkflowDef>,
+    },
+}
+
+impl Command {
+    /// A short, stable name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::RegisterTaskDefs { .. } => "register_task_defs",
+            Command::UpdateTaskDef { .. } => "update_task_def",
+            Command::RegisterWorkflowDef { .. } => "register_workflow_def",
+            Command::UpdateWorkflowDefs { .. } => "update_workflow_defs",
+        }
+    }
+
+    /// Every validation problem of the command's documents, checked before proposing so that bad input is refused
+    /// without writing anything. The engine checks again when applying (a log written by an older version must
+    /// not slip an invalid document into the state).
+    pub fn validate(&self) -> Vec<FieldError> {
+        fn indexed(defs: usize, i: usize, errs: Vec<FieldError>) -> Vec<FieldError> {
+            if defs == 1 {
+                return errs;
+            }
+            errs.into_iter().map(|e| FieldError { path: format!("[{i}].{}", e.path), message: e.message }).collect()
+        }
+        match self {
+            Command::RegisterTaskDefs { defs } => {
+                let mut errors: Vec<_> =
+                    defs.iter().enumerate().flat_map(|(i, d)| indexed(defs.len(), i, validate_task_def(d))).collect();
+                if defs.is_empty() {
+                    errors.push(FieldError { path: String::new(), message: "no task definitions given".into() });
+                }
+                errors
+            }
+            Command::UpdateTaskDef { def } => validate_task_def(def),
+            Command::RegisterWorkflowDef { def, .. } => validate_workflow_def(def),
+            Command::UpdateWorkflowDefs { defs } => {
+                let mut errors: Vec<_> = defs
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, d)| indexed(defs.len(), i, validate_workflow_def(d)))
+                    .collect();
+                if defs.is_empty() {
+                    errors.push(FieldError { path: String::new(), message: "no workflow definitions given".into() });
+                }
+                errors
+            }
+        }
+    }
+}
+
+/// What goes into the Raft log: a command plus everything non-deterministic about it, fixed by the leader.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The leader's wall clock when it accepted the command, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The change.
+    pub command: Command,
+}
+
+/// The outcome of applying one log entry, returned to the client that proposed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CommandResponse {
+    /// Applied.
+    Done,
+    /// Refused; nothing changed.
+    Rejected(Rejection),
+}
+
+/// Why a command was refused. Deterministic: every replica records the same refusal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rejection {
+    /// The category, which decides the status code at the API.
+    pub kind: RejectionKind,
+    /// A sentence for people.
+    pub message: String,
+    /// Field-level problems, for invalid input.
+    pub field_errors: Vec<FieldError>,
+}
+
+/// Categories of refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectionKind {
+    /// The input breaks a rule.
+    Invalid,
+    /// The thing to change does not exist.
+    NotFound,
+    /// The thing to create exists already.
+    AlreadyExists,
+}
+
+impl Rejection {
+    fn new(kind: RejectionKind, message: impl Into<String>) -> Self {
+        Rejection { kind, message: message.into(), field_errors: Vec::new() }
+    }
+}
+
+/// A change to the state, in domain terms; storage maps it to keys.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mutation {
+    /// Write (create or replace) a task definition, keyed by name.
+    PutTaskDef(TaskDef),
+    /// Write (create or replace) a workflow definition, keyed by name and version.
+    PutWorkflowDef(WorkflowDef),
+}
+
+/// The state could not be read. Fatal for the node: applying must stop rather than diverge.
+#[derive(Debug, thiserror::Error)]
+#[error("state read failed: {0}")]
+pub struct StateError(pub String);
+
+/// Read access to the applied state, as the engine needs it.
+pub trait StateView {
+    /// The task definition of that name.
+    fn task_def(&self, name: &str) -> Result<Option<TaskDef>, StateError>;
+    /// The workflow definition of that name and version.
+    fn workflow_def(&self, name: &str, version: u32) -> Result<Option<WorkflowDef>, StateError>;
+}
+
+/// The result of applying one proposal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// Changes to write, in order, atomically with the log index.
+    pub mutations: Vec<Mutation>,
+    /// What the proposer is told.
+    pub response: CommandResponse,
+}
+
+impl Applied {
+    fn rejected(rejection: Rejection) -> Self {
+        Applied { mutations: Vec::new(), response: CommandResponse::Rejected(rejection) }
+    }
+}
+
+/// Applies one proposal to the state. Pure: the same state and proposal give the same result on every replica.
+pub fn apply(state: &impl StateView, proposal: &Proposal) -> Result<Applied, StateError> {
+    let field_errors = proposal.command.validate();
+    if !field_errors.is_empty() {
+        return Ok(Applied::rejected(Rejection {
+            kind: RejectionKind::Invalid,
+            message: format!("{} is invalid", proposal.command.kind()),
+            field_errors,
+        }));
+    }
+    let at_ms = proposal.at_ms;
+    let mut mutations = Vec::new();
+    match &proposal.command {
+        Command::RegisterTaskDefs { defs } => {
+            for def in defs {
+                let existing = state.task_def(&def.name)?;
+                mutations.push(Mutation::PutTaskDef(stamp_task_def(def, existing.as_ref(), at_ms)));
+            }
+        }
+        Command::UpdateTaskDef { def } => {
+            let Some(existing) = state.task_def(&def.name)? else {
+                return Ok(Applied::rejected(Rejection::new(
+                    RejectionKind::NotFound,
+                    format!("no task definition named '{}'", def.name),
+                )));
+            };
+            mutations.push(Mutation::PutTaskDef(stamp_task_def(def, Some(&existing), at_ms)));
+        }
+        Command::RegisterWorkflowDef { def, overwrite } => {
+            let existing = state.workflow_def(&def.name, workflow_version(def))?;
+            if existing.is_some() && !overwrite {
+                return Ok(Applied::rejected(Rejection::new(
+                    RejectionKind::AlreadyExists,
+                    format!("workflow definition '{}' version {} already exists", def.name, def.version),
+                )));
+            }
+            mutations.push(Mutation::PutWorkflowDef(stamp_workflow_def(def, existing.as_ref(), at_ms)));
+        }
+        Command::UpdateWorkflowDefs { defs } => {
+            for def in defs {
+                let existing = state.workflow_def(&def.name, workflow_version(def))?;
+                mutations.push(Mutation::PutWorkflowDef(stamp_workflow_def(def, existing.as_ref(), at_ms)));
+            }
+        }
+    }
+    Ok(Applied { mutations, response: CommandResponse::Done })
+}
+
+/// A validated definition's version as the key uses it (validation bounds it to 1..=u32::MAX).
+pub fn workflow_version(def: &WorkflowDef) -> u32 {
+    u32::try_from(def.version).unwrap_or(0)
+}
+
+fn stamp_task_def(def: &TaskDef, existing: Option<&TaskDef>, at_ms: u64) -> TaskDef {
+    let mut def = def.clone();
+    match existing {
+        Some(old) => {
+            def.create_time = old.create_time;
+            def.update_time = Some(at_ms);
+        }
+        None => {
+            def.create_time = Some(at_ms);
+            def.update_time = None;
+        }
+    }
+    def
+}
+
+fn stamp_workflow_def(def: &WorkflowDef, existing: Option<&WorkflowDef>, at_ms: u64) -> WorkflowDef {
+    let mut def = def.clone();
+    match existing {
+        Some(old) => {
+            def.create_time = old.create_time;
+            def.update_time = Some(at_ms);
+        }
+        None => {
+            def.create_time = Some(at_ms);
+            def.update_time = None;
+        }
+    }
+    def
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::definitions::parse_json;
+    use super::*;
+
+    /// An in-memory state: the engine's twin of the RocksDB store, for tests.
+    #[derive(Default)]
+    struct MemState {
+        task_defs: BTreeMap<String, TaskDef>,
+        workflow_defs: BTreeMap<(String, u32), WorkflowDef>,
+    }
+
+    impl StateView for MemState {
+        fn task_def(&self, name: &str) -> Result<Option<TaskDef>, StateError> {
+            Ok(self.task_defs.get(name).cloned())
+        }
+        fn workflow_def(&self, name: &str, version: u32) -> Result<Option<WorkflowDef>, StateError> {
+            Ok(self.workflow_defs.get(&(name.to_string(), version)).cloned())
+        }
+    }
+
+    impl MemState {
+        fn write(&mut self, applied: &Applied) {
+            for m in &applied.mutations {
+                match m {
+                    Mutation::PutTaskDef(d) => {
+                        self.task_defs.insert(d.name.clone(), d.clone());
+                    }
+                    Mutation::PutWorkflowDef(d) => {
+                        self.workflow_defs.insert((d.name.clone(), workflow_version(d)), d.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    fn task_def(name: &str) -> TaskDef {
+        parse_json(&format!(r#"{{"name":"{name}"}}"#)).expect("parses")
+    }
+
+    fn workflow_def(name: &str, version: i64) -> WorkflowDef {
+        parse_json(&format!(
+            r#"{{"name":"{name}","version":{version},"tasks":[{{"name":"t","taskReferenceName":"t"}}]}}"#
+        ))
+        .expect("parses")
+    }
+
+    fn run(state: &mut MemState, at_ms: u64, command: Command) -> CommandResponse {
+        let applied = apply(state, &Proposal { at_ms, command }).expect("memory state never fails");
+        state.write(&applied);
+        applied.response
+    }
+
+    #[test]
+    fn register_stamps_create_time_and_reregister_keeps_it() {
+        let mut state = MemState::default();
+        assert_eq!(run(&mut state, 10, Command::RegisterTaskDefs { defs: vec![task_def("a")] }), CommandResponse::Done);
+        assert_eq!(run(&mut state, 20, Command::RegisterTaskDefs { defs: vec![task_def("a")] }), CommandResponse::Done);
+        let stored = &state.task_defs["a"];
+        assert_eq!((stored.create_time, stored.update_time), (Some(10), Some(20)));
+    }
+
+    #[test]
+    fn update_of_missing_task_def_is_rejected_and_changes_nothing() {
+        let mut state = MemState::default();
+        let response = run(&mut state, 10, Command::UpdateTaskDef { def: task_def("ghost") });
+        assert!(matches!(response, CommandResponse::Rejected(r) if r.kind == RejectionKind::NotFound));
+        assert!(state.task_defs.is_empty());
+    }
+
+    #[test]
+    fn workflow_register_refuses_duplicates_unless_overwrite() {
+        let mut state = MemState::default();
+        let register = |overwrite| Command::RegisterWorkflowDef { def: workflow_def("wf", 1), overwrite };
+        assert_eq!(run(&mut state, 1, register(false)), CommandResponse::Done);
+        let again = run(&mut state, 2, register(false));
+        assert!(matches!(again, CommandResponse::Rejected(r) if r.kind == RejectionKind::AlreadyExists));
+        assert_eq!(run(&mut state, 3, register(true)), CommandResponse::Done);
+        assert_eq!(state.workflow_defs[&("wf".to_string(), 1)].update_time, Some(3));
+    }
+
+    #[test]
+    fn invalid_documents_are_rejected_at_apply_too() {
+        let mut state = MemState::default();
+        let response = run(&mut state, 1, Command::RegisterTaskDefs { defs: vec![task_def("")] });
+        let CommandResponse::Rejected(rejection) = response else { panic!("expected a rejection") };
+        assert_eq!(rejection.kind, RejectionKind::Invalid);
+        assert_eq!(rejection.field_errors[0].path, "name");
+        assert!(state.task_defs.is_empty());
+    }
+
+    #[test]
+    fn replaying_the_same_proposals_gives_the_same_state() {
+        let proposals = [
+            Command::RegisterTaskDefs { defs: vec![task_def("a"), task_def("b")] },
+            Command::UpdateWorkflowDefs { defs: vec![workflow_def("w", 1), workflow_def("w", 2)] },
+            Command::UpdateTaskDef { def: task_def("a") },
+        ];
+        let replay = || {
+            let mut state = MemState::default();
+            for (i, c) in proposals.iter().enumerate() {
+                run(&mut state, i as u64, c.clone());
+            }
+            (state.task_defs, state.workflow_defs)
+        };
+        assert_eq!(replay(), replay());
+    }
+}

@@ -1,0 +1,29 @@
+//! Baton: a highly available workflow orchestrator. Several replicas keep the workflow state in a Raft log
+//! (openraft) stored in RocksDB; the elected leader commits every change; any node serves any call.
+//!
+//! # Map of the modules
+//!
+//! - [`engine`]: the business semantics as a pure, deterministic function `apply(state, proposal)`. No I/O, no
+//!   clock, no randomness: every replica applying the same log reaches the same state.
+//! - [`storage`]: RocksDB: column families and keys, the Raft log store, the state machine (which calls the
+//!   engine), snapshots, the read side.
+//! - [`raft`]: openraft glue: type configuration, the peer network over gRPC (client and server), and the
+//!   [`Proposer`](raft::proposer::Proposer) that gets a command committed from any node.
+//! - [`api`]: what clients see: gRPC services, HTTP (status, health, Conductor REST), error mapping.
+//! - [`config`]: the configuration tree, its layers and validation.
+//! - [`node`]: the composition root: starts and stops one node.
+//! - [`cli`]: the `baton` command's subcommands other than `server` (`up`, `cluster status`).
+//! - [`pb`]: code generated from proto/.
+//!
+//! The dependency rule: everything points inward, toward the engine. The engine imports nothing of the others;
+//! storage knows the engine but not Raft roles; raft knows storage's types but not business rules; api and cli
+//! sit outside; only `node` wires them all.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod node;
+pub mod pb;
+pub mod raft;
+pub mod storage;

@@ -1,0 +1,145 @@
+//! The `baton` command: `server` runs one node; `up` runs a local three-node cluster; `cluster status` shows
+//! every member.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use baton::config::{Config, ConfigError, Overrides};
+
+#[derive(Parser)]
+#[command(name = "baton", version, about = "A highly available workflow orchestrator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one node.
+    Server {
+        /// The node's config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Overrides the config's data_dir.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Run the local three-node cluster (config/node1.toml .. node3.toml) until Ctrl-C.
+    Up {
+        /// Parent directory of the nodes' data dirs.
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+        /// Directory holding node1.toml, node2.toml, node3.toml.
+        #[arg(long, default_value = "config")]
+        config_dir: PathBuf,
+    },
+    /// Cluster-wide commands.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Every member's role, term, leader, last log index, commit and apply index.
+    Status {
+        /// gRPC address of any node (repeatable); defaults to the local cluster's.
+        #[arg(long = "addr", default_values = ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"])]
+        addrs: Vec<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logging() {
+    let filter = EnvFilter::try_from_env("BATON_LOG").unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+fn cancel_on_signal(token: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        token.cancel();
+    });
+    Ok(())
+}
+
+async fn server(config: PathBuf, data_dir: Option<PathBuf>) -> ExitCode {
+    let config = match Config::load(Some(&config), std::env::vars(), &Overrides { data_dir }) {
+        Ok(config) => config,
+        Err(e @ ConfigError::Invalid { .. }) => {
+            eprintln!("baton: {e}");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("baton: {e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default());
+            return ExitCode::from(2);
+        }
+    };
+    init_logging();
+    let shutdown = CancellationToken::new();
+    if let Err(e) = cancel_on_signal(shutdown.clone()) {
+        eprintln!("baton: cannot install signal handlers: {e}");
+        return ExitCode::FAILURE;
+    }
+    match baton::node::run(config, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "node failed");
+            eprintln!("baton: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Server { config, data_dir } => server(config, data_dir).await,
+        Cmd::Up { data_dir, config_dir } => {
+            let configs = (1..=3).map(|n| config_dir.join(format!("node{n}.toml"))).collect();
+            match baton::cli::up::run(baton::cli::up::UpOptions { configs, data_dir }).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("baton up: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Cluster { command: ClusterCmd::Status { addrs, json } } => {
+            let replies = baton::cli::status::fetch_all(&addrs).await;
+            if json {
+                let out: Vec<_> = replies
+                    .iter()
+                    .map(|(addr, r)| match r {
+                        Ok(s) => serde_json::to_value(s).unwrap_or_default(),
+                        Err(e) => serde_json::json!({"grpc_addr": addr, "error": e}),
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            } else {
+                println!("{}", baton::cli::status::render(&replies));
+            }
+            if replies.iter().any(|(_, r)| r.is_ok()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

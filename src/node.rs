@@ -1,0 +1,184 @@
+//! The composition root: wires storage, Raft, the proposer and the API into one running node, and owns the
+//! start-up and shutdown order. The only module that imports all the others.
+//!
+//! Start-up: bind both listeners (a port in use fails before anything is written), open the data dir (refusing
+//! another cluster's), start Raft, initialise the cluster from the configured members if this data dir is
+//! pristine (every node does so with the same membership, which openraft allows), then serve.
+//!
+//! Shutdown (when `shutdown` is cancelled): stop accepting, let in-flight calls drain for up to
+//! `api.drain_timeout_ms`, shut Raft down, flush and close RocksDB.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::SnapshotPolicy;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::grpc::{ClusterGrpc, MetadataGrpc};
+use crate::api::http::{router, HttpState};
+use crate::api::metadata::MetadataApi;
+use crate::config::Config;
+use crate::pb::raft::raft_peer_server::RaftPeerServer;
+use crate::pb::v1::cluster_service_server::ClusterServiceServer;
+use crate::pb::v1::metadata_service_server::MetadataServiceServer;
+use crate::raft::network::Network;
+use crate::raft::peer_service::PeerService;
+use crate::raft::proposer::Proposer;
+use crate::raft::{NodeId, NodeInfo, Raft};
+use crate::storage::{Db, Identity, LogStore, OpenError, StateMachineStore};
+
+/// Largest gRPC message a node accepts or sends (Raft batches of large definitions, snapshot chunks).
+const MAX_GRPC_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// `gRPC` or `HTTP`.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The data dir could not be opened or belongs to someone else.
+    #[error(transparent)]
+    Storage(#[from] OpenError),
+    /// Raft refused its configuration or failed.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// A server failed while running.
+    #[error("{what} server failed: {message}")]
+    Serve {
+        /// `gRPC` or `HTTP`.
+        what: &'static str,
+        /// The error.
+        message: String,
+    },
+}
+
+/// openraft's configuration from Baton's.
+fn raft_config(config: &Config) -> Result<openraft::Config, NodeError> {
+    let r = &config.raft;
+    let s = &config.snapshot;
+    openraft::Config {
+        cluster_name: config.cluster_id.clone(),
+        heartbeat_interval: r.heartbeat_interval_ms,
+        election_timeout_min: r.election_timeout_min_ms,
+        election_timeout_max: r.election_timeout_max_ms,
+        install_snapshot_timeout: r.install_snapshot_timeout_ms,
+        max_payload_entries: r.max_payload_entries,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(s.logs_since_last),
+        max_in_snapshot_log_to_keep: s.max_logs_kept,
+        snapshot_max_chunk_size: s.chunk_size_bytes,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| NodeError::Raft(e.to_string()))
+}
+
+async fn bind(addr: &str, what: &'static str) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr).await.map_err(|source| NodeError::Bind { addr: addr.to_string(), what, source })
+}
+
+/// Runs one node until `shutdown` is cancelled, then stops it cleanly.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), NodeError> {
+    let grpc_listener = bind(config.grpc_listen_addr(), "gRPC").await?;
+    let http_listener = bind(config.http_listen_addr(), "HTTP").await?;
+
+    let identity = Identity { cluster_id: config.cluster_id.clone(), node_id: config.node_id };
+    let db = Db::open(&config.data_dir, &identity)?;
+    let state_machine = StateMachineStore::new(db.clone());
+    let reader = state_machine.reader();
+    let raft = Raft::new(
+        config.node_id,
+        Arc::new(raft_config(&config)?),
+        Network::new(&config.cluster_id),
+        LogStore::new(db.clone()),
+        state_machine,
+    )
+    .await
+    .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+    let initialized = raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))?;
+    if !initialized {
+        let members: BTreeMap<NodeId, NodeInfo> = config
+            .members
+            .iter()
+            .map(|m| (m.id, NodeInfo { grpc_addr: m.grpc_addr.clone(), http_addr: m.http_addr.clone() }))
+            .collect();
+        tracing::info!(?members, "pristine data dir: initialising the cluster membership");
+        if let Err(e) = raft.initialize(members).await {
+            // NotAllowed means a peer's log reached us first: the cluster is already formed.
+            tracing::info!(error = %e, "initialise skipped");
+        }
+    }
+
+    let proposer = Arc::new(Proposer::new(
+        raft.clone(),
+        config.node_id,
+        &config.cluster_id,
+        Duration::from_millis(config.api.forward_timeout_ms),
+    ));
+    let metadata = MetadataApi::new(proposer.clone(), reader.clone());
+
+    let grpc = tonic::transport::Server::builder()
+        .add_service(
+            RaftPeerServer::new(PeerService::new(raft.clone(), proposer.clone(), &config.cluster_id))
+                .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
+        )
+        .add_service(ClusterServiceServer::new(ClusterGrpc::new(raft.clone(), reader.clone(), &config.cluster_id)))
+        .add_service(MetadataServiceServer::new(MetadataGrpc::new(metadata.clone())))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), shutdown.clone().cancelled_owned());
+    let http_app =
+        router(HttpState { raft: raft.clone(), reader, metadata, cluster_id: config.cluster_id.as_str().into() });
+    let http = axum::serve(http_listener, http_app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+
+    tracing::info!(
+        node_id = config.node_id,
+        grpc = config.grpc_listen_addr(),
+        http = config.http_listen_addr(),
+        data_dir = %config.data_dir.display(),
+        "node started"
+    );
+    let grpc_task = tokio::spawn(grpc);
+    let http_task = tokio::spawn(async move { http.await });
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: draining in-flight calls");
+    let drain = Duration::from_millis(config.api.drain_timeout_ms);
+    let drained = tokio::time::timeout(drain, async {
+        let grpc = grpc_task.await;
+        let http = http_task.await;
+        (grpc, http)
+    })
+    .await;
+    let mut result = Ok(());
+    match drained {
+        Ok((grpc, http)) => {
+            if let Ok(Err(e)) = grpc {
+                result = Err(NodeError::Serve { what: "gRPC", message: e.to_string() });
+            }
+            if let Ok(Err(e)) = http {
+                result = Err(NodeError::Serve { what: "HTTP", message: e.to_string() });
+            }
+        }
+        Err(_) => tracing::warn!(drain_timeout_ms = config.api.drain_timeout_ms, "drain timed out; stopping anyway"),
+    }
+    tracing::info!("stopping raft");
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown reported an error");
+    }
+    drop(raft);
+    if let Err(e) = db.flush() {
+        tracing::warn!(error = %e, "flushing RocksDB failed");
+    }
+    tracing::info!("node stopped");
+    result
+}

@@ -1,0 +1,148 @@
+//! openraft's network, client side: one lazily connected gRPC channel per peer, and the mapping of transport
+//! failures onto openraft's error kinds (unreachable peers are backed off by openraft; remote Raft errors are
+//! passed through).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{wire, NodeId, NodeInfo, TypeConfig};
+use crate::pb::raft::raft_peer_client::RaftPeerClient;
+use crate::pb::raft::RaftMessage;
+
+/// How long a connection attempt to a peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Opens a lazily connected gRPC channel to `grpc_addr` (`host:port`).
+pub fn channel(grpc_addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{grpc_addr}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+/// Creates a [`PeerClient`] for each peer openraft replicates to.
+#[derive(Debug, Clone)]
+pub struct Network {
+    cluster_id: Arc<str>,
+}
+
+impl Network {
+    /// A network for a member of `cluster_id`.
+    pub fn new(cluster_id: &str) -> Self {
+        Network { cluster_id: cluster_id.into() }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerClient {
+        let client = channel(&node.grpc_addr).map(RaftPeerClient::new).map_err(|e| e.to_string());
+        PeerClient { cluster_id: self.cluster_id.clone(), target, node: node.clone(), client }
+    }
+}
+
+/// openraft's connection to one peer.
+#[derive(Debug)]
+pub struct PeerClient {
+    cluster_id: Arc<str>,
+    target: NodeId,
+    node: NodeInfo,
+    /// Err when the peer's address does not parse; every call then fails as unreachable.
+    client: Result<RaftPeerClient<Channel>, String>,
+}
+
+/// A transport failure, as an error type openraft can wrap.
+#[derive(Debug, thiserror::Error)]
+#[error("peer {target} ({addr}): {message}")]
+struct TransportError {
+    target: NodeId,
+    addr: String,
+    message: String,
+}
+
+impl PeerClient {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        rpc: Req,
+        option: &RPCOption,
+        method: Method,
+    ) -> Result<Resp, RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let transport =
+            |message: String| TransportError { target: self.target, addr: self.node.grpc_addr.clone(), message };
+        let client = match &mut self.client {
+            Ok(client) => client,
+            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&transport(e.clone())))),
+        };
+        let message = wire::pack(&self.cluster_id, &rpc)
+            .map_err(|s| RPCError::Network(NetworkError::new(&transport(s.message().to_string()))))?;
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(option.hard_ttl());
+        let reply = match method {
+            Method::AppendEntries => client.append_entries(request).await,
+            Method::Vote => client.vote(request).await,
+            Method::InstallSnapshot => client.install_snapshot(request).await,
+        };
+        let reply: RaftMessage = match reply {
+            Ok(reply) => reply.into_inner(),
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                return Err(RPCError::Unreachable(Unreachable::new(&transport(status.to_string()))))
+            }
+            Err(status) => return Err(RPCError::Network(NetworkError::new(&transport(status.to_string())))),
+        };
+        let result: Result<Resp, RaftError<NodeId, E>> = wire::unpack(&self.cluster_id, &reply)
+            .map_err(|s| RPCError::Network(NetworkError::new(&transport(s.message().to_string()))))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node.clone(), e)))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Method {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        self.call(rpc, &option, Method::AppendEntries).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        self.call(rpc, &option, Method::InstallSnapshot).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
+        self.call(rpc, &option, Method::Vote).await
+    }
+}

@@ -1,0 +1,126 @@
+//! Every key Baton writes to RocksDB, and its column family. One place, so the layout can be read at a glance.
+//!
+//! | column family | key | value |
+//! |---|---|---|
+//! | `raft_log` | log index, u64 big-endian | encoded openraft `Entry` |
+//! | `raft_meta` | `identity`, `vote`, `committed`, `last_purged` | encoded record |
+//! | `sm_meta` | `last_applied`, `membership`, `snapshot` | encoded record |
+//! | `state` | partition (u16 BE), table (u8), table key | encoded domain record |
+//!
+//! The `state` family holds the business data and nothing else: its contents are what a snapshot carries and what
+//! the state hash covers. Every `state` key starts with a partition id, so that a later version can run several
+//! Raft groups (DESIGN.md, "Beyond one cluster") without rewriting the layout; today everything is partition 0.
+//! Big-endian integers keep RocksDB's byte order equal to numeric order.
+
+/// The Raft log entries.
+pub const CF_RAFT_LOG: &str = "raft_log";
+/// Raft's own durable variables and the data dir's identity.
+pub const CF_RAFT_META: &str = "raft_meta";
+/// The state machine's bookkeeping: applied index, membership, current snapshot.
+pub const CF_SM_META: &str = "sm_meta";
+/// The business state.
+pub const CF_STATE: &str = "state";
+/// All column families, in creation order.
+pub const ALL_CFS: [&str; 4] = [CF_RAFT_LOG, CF_RAFT_META, CF_SM_META, CF_STATE];
+
+/// `raft_meta`: which cluster and node this data dir belongs to.
+pub const IDENTITY: &[u8] = b"identity";
+/// `raft_meta`: the persisted vote.
+pub const VOTE: &[u8] = b"vote";
+/// `raft_meta`: the last known committed log id.
+pub const COMMITTED: &[u8] = b"committed";
+/// `raft_meta`: the last purged log id.
+pub const LAST_PURGED: &[u8] = b"last_purged";
+
+/// `sm_meta`: the last applied log id, written in the same batch as the entry's effects.
+pub const LAST_APPLIED: &[u8] = b"last_applied";
+/// `sm_meta`: the last applied membership.
+pub const MEMBERSHIP: &[u8] = b"membership";
+/// `sm_meta`: the current snapshot (metadata and data).
+pub const SNAPSHOT: &[u8] = b"snapshot";
+
+/// The only partition today.
+pub const PARTITION_0: u16 = 0;
+
+/// Tables inside the `state` family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Table {
+    /// Task definitions by name.
+    TaskDef = 1,
+    /// Workflow definitions by name and version.
+    WorkflowDef = 2,
+}
+
+/// `raft_log` key of a log index.
+pub fn log_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+/// The log index of a `raft_log` key.
+pub fn log_index(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.try_into().ok()?))
+}
+
+/// The prefix of every key of `table` in `partition`.
+pub fn table_prefix(partition: u16, table: Table) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16);
+    key.extend_from_slice(&partition.to_be_bytes());
+    key.push(table as u8);
+    key
+}
+
+/// Key of a task definition.
+pub fn task_def(partition: u16, name: &str) -> Vec<u8> {
+    let mut key = table_prefix(partition, Table::TaskDef);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// Prefix of every version of a workflow definition: name then a 0 byte (names hold no control characters).
+pub fn workflow_def_versions(partition: u16, name: &str) -> Vec<u8> {
+    let mut key = table_prefix(partition, Table::WorkflowDef);
+    key.extend_from_slice(name.as_bytes());
+    key.push(0);
+    key
+}
+
+/// Key of one version of a workflow definition.
+pub fn workflow_def(partition: u16, name: &str, version: u32) -> Vec<u8> {
+    let mut key = workflow_def_versions(partition, name);
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+/// The smallest key greater than every key that starts with `prefix` (None when no such key exists).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workflow_versions_sort_numerically_and_names_do_not_collide() {
+        assert!(workflow_def(0, "wf", 2) < workflow_def(0, "wf", 10));
+        let versions = workflow_def_versions(0, "wf");
+        assert!(!workflow_def(0, "wf2", 1).starts_with(&versions));
+        assert!(workflow_def(0, "wf", 1).starts_with(&versions));
+    }
+
+    #[test]
+    fn prefix_end_bounds_the_prefix() {
+        assert_eq!(prefix_end(&[1, 2]), Some(vec![1, 3]));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff]), None);
+        assert_eq!(log_index(&log_key(42)), Some(42));
+    }
+}

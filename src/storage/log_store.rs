@@ -1,0 +1,156 @@
+//! The Raft log store (openraft's `RaftLogStorage`) over RocksDB.
+//!
+//! Every write that openraft must see durable (append, vote, truncate, purge) is fsynced before it is reported:
+//! an append is acknowledged through `LogFlushed` only after its WriteBatch was written with `sync = true`.
+//! Writes are serialised because openraft calls these methods one at a time through `&mut self`.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
+
+use super::{codec, keys, Db};
+use crate::raft::{Entry, LogId, NodeId, StorageError, TypeConfig};
+
+/// The log store; cheap to clone (the clone is the log reader replication tasks use).
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    db: Arc<Db>,
+}
+
+impl LogStore {
+    /// A log store over `db`.
+    pub fn new(db: Arc<Db>) -> Self {
+        LogStore { db }
+    }
+
+    fn meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        let bytes = self.db.get(keys::CF_RAFT_META, key).map_err(|e| StorageIOError::read(&e))?;
+        bytes.map(|b| codec::decode(&b).map_err(|e| StorageIOError::read(&e).into())).transpose()
+    }
+
+    fn put_meta<T: serde::Serialize>(&self, key: &[u8], value: &T, sync: bool) -> Result<(), StorageError> {
+        let bytes = codec::encode(value).map_err(|e| StorageIOError::write(&e))?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.db.cf(keys::CF_RAFT_META), key, bytes);
+        self.db.write(batch, sync).map_err(|e| StorageIOError::write(&e).into())
+    }
+
+    fn last_entry(&self) -> Result<Option<Entry>, StorageError> {
+        let mut iter = self.db.raw().iterator_cf(self.db.cf(keys::CF_RAFT_LOG), IteratorMode::End);
+        match iter.next() {
+            None => Ok(None),
+            Some(item) => {
+                let (_, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+                Ok(Some(codec::decode(&value).map_err(|e| StorageIOError::read_logs(&e))?))
+            }
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let mut opts = ReadOptions::default();
+        match range.end_bound() {
+            Bound::Included(&i) => match i.checked_add(1) {
+                Some(end) => opts.set_iterate_upper_bound(keys::log_key(end)),
+                None => {}
+            },
+            Bound::Excluded(&i) => opts.set_iterate_upper_bound(keys::log_key(i)),
+            Bound::Unbounded => {}
+        }
+        let from = keys::log_key(start);
+        let iter = self.db.raw().iterator_cf_opt(
+            self.db.cf(keys::CF_RAFT_LOG),
+            opts,
+            IteratorMode::From(&from, Direction::Forward),
+        );
+        let mut entries = Vec::new();
+        for item in iter {
+            let (_, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+            entries.push(codec::decode(&value).map_err(|e| StorageIOError::read_logs(&e))?);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId> = self.meta(keys::LAST_PURGED)?;
+        let last_log_id = match self.last_entry()? {
+            Some(entry) => Some(entry.log_id),
+            None => last_purged_log_id,
+        };
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        self.put_meta(keys::VOTE, vote, true).map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        self.meta(keys::VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not synced: `committed` is a hint that lets a restarted node apply sooner; losing it is safe.
+        self.put_meta(keys::COMMITTED, &committed, false)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.meta::<Option<LogId>>(keys::COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let cf = self.db.cf(keys::CF_RAFT_LOG);
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            let bytes = codec::encode(&entry).map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
+            batch.put_cf(cf, keys::log_key(entry.log_id.index), bytes);
+        }
+        let result = self.db.write(batch, true);
+        let reported = result.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
+        callback.log_io_completed(reported);
+        result.map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(self.db.cf(keys::CF_RAFT_LOG), keys::log_key(log_id.index), keys::log_key(u64::MAX));
+        batch.delete_cf(self.db.cf(keys::CF_RAFT_LOG), keys::log_key(u64::MAX));
+        self.db.write(batch, true).map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let bytes = codec::encode(&log_id).map_err(|e| StorageIOError::write_logs(&e))?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.db.cf(keys::CF_RAFT_META), keys::LAST_PURGED, bytes);
+        batch.delete_range_cf(
+            self.db.cf(keys::CF_RAFT_LOG),
+            keys::log_key(0),
+            keys::log_key(log_id.index.saturating_add(1)),
+        );
+        self.db.write(batch, true).map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}

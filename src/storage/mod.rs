@@ -1,0 +1,179 @@
+//! Storage: one RocksDB database per node holding the Raft log, Raft's durable variables and the state machine.
+//!
+//! Owns: column families, keys ([`keys`]), encodings ([`codec`]) and durability (which writes are synced).
+//! Knows nothing of Raft roles or business rules: the log store and state machine implement openraft's storage
+//! traits, and the state machine calls the pure engine to decide what an entry changes.
+//!
+//! Durability: log appends, votes, truncations, purges and snapshot installs are written with `sync = true`
+//! (the WAL is fsynced before openraft is told). State-machine batches are not synced: they share the one WAL
+//! with the log, so a later synced write persists them too, and whatever a crash loses of them is re-applied from
+//! the log (which is never purged past what a synced write has covered).
+
+pub mod codec;
+pub mod keys;
+pub mod log_store;
+pub mod state_machine;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+
+pub use log_store::LogStore;
+pub use state_machine::{StateMachineStore, StateReader};
+
+/// Which cluster and node a data dir belongs to, written on first start and checked on every later one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// The configured `cluster_id`.
+    pub cluster_id: String,
+    /// The configured `node_id`.
+    pub node_id: u64,
+}
+
+/// Why the data dir could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Another process holds the RocksDB lock.
+    #[error("data dir {path} is in use by another process (RocksDB lock held): {source}")]
+    Locked {
+        /// The data dir.
+        path: PathBuf,
+        /// RocksDB's error.
+        source: rocksdb::Error,
+    },
+    /// The data dir was written by another cluster or another node.
+    #[error(
+        "data dir {path} belongs to cluster '{found_cluster}' node {found_node}, but this node is cluster \
+         '{want_cluster}' node {want_node}; point data_dir elsewhere or remove the directory"
+    )]
+    Foreign {
+        /// The data dir.
+        path: PathBuf,
+        /// The cluster it belongs to.
+        found_cluster: String,
+        /// The node it belongs to.
+        found_node: u64,
+        /// The configured cluster.
+        want_cluster: String,
+        /// The configured node.
+        want_node: u64,
+    },
+    /// Any other RocksDB failure.
+    #[error("cannot open RocksDB at {path}: {source}")]
+    Rocks {
+        /// The data dir.
+        path: PathBuf,
+        /// RocksDB's error.
+        source: rocksdb::Error,
+    },
+    /// The identity record is unreadable.
+    #[error("data dir {path} has an unreadable identity record: {source}")]
+    Codec {
+        /// The data dir.
+        path: PathBuf,
+        /// The decoding error.
+        source: codec::CodecError,
+    },
+    /// The directory could not be created.
+    #[error("cannot create data dir {path}: {source}")]
+    Create {
+        /// The data dir.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// A node's RocksDB database, shared by the log store, the state machine and readers.
+pub struct Db {
+    db: DB,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("path", &self.path).finish()
+    }
+}
+
+impl Db {
+    /// Opens (creating if needed) the database in `path` and checks that it belongs to `identity`.
+    pub fn open(path: &Path, identity: &Identity) -> Result<Arc<Db>, OpenError> {
+        std::fs::create_dir_all(path).map_err(|source| OpenError::Create { path: path.to_owned(), source })?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_keep_log_file_num(4);
+        let cfs = keys::ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| {
+            if source.to_string().contains("lock") {
+                OpenError::Locked { path: path.to_owned(), source }
+            } else {
+                OpenError::Rocks { path: path.to_owned(), source }
+            }
+        })?;
+        let db = Db { db, path: path.to_owned() };
+        let rocks = |source| OpenError::Rocks { path: path.to_owned(), source };
+        match db.get(keys::CF_RAFT_META, keys::IDENTITY).map_err(rocks)? {
+            Some(bytes) => {
+                let found: Identity =
+                    codec::decode(&bytes).map_err(|source| OpenError::Codec { path: path.to_owned(), source })?;
+                if &found != identity {
+                    return Err(OpenError::Foreign {
+                        path: path.to_owned(),
+                        found_cluster: found.cluster_id,
+                        found_node: found.node_id,
+                        want_cluster: identity.cluster_id.clone(),
+                        want_node: identity.node_id,
+                    });
+                }
+            }
+            None => {
+                let bytes =
+                    codec::encode(identity).map_err(|source| OpenError::Codec { path: path.to_owned(), source })?;
+                let mut batch = WriteBatch::default();
+                batch.put_cf(db.cf(keys::CF_RAFT_META), keys::IDENTITY, bytes);
+                db.write(batch, true).map_err(rocks)?;
+            }
+        }
+        Ok(Arc::new(db))
+    }
+
+    /// The data dir.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A column family handle. Every family in [`keys::ALL_CFS`] exists once [`Db::open`] returned.
+    pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db.cf_handle(name).expect("Db::open creates every column family in keys::ALL_CFS")
+    }
+
+    /// One value.
+    pub(crate) fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, rocksdb::Error> {
+        self.db.get_cf(self.cf(cf), key)
+    }
+
+    /// Writes a batch atomically; with `sync`, the WAL is fsynced before returning.
+    pub(crate) fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), rocksdb::Error> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        self.db.write_opt(batch, &opts)
+    }
+
+    /// The raw RocksDB handle, for iteration and snapshots inside this module.
+    pub(crate) fn raw(&self) -> &DB {
+        &self.db
+    }
+
+    /// Flushes and fsyncs the WAL; called on shutdown.
+    pub fn flush(&self) -> Result<(), rocksdb::Error> {
+        self.db.flush_wal(true)?;
+        for cf in keys::ALL_CFS {
+            self.db.flush_cf(self.cf(cf))?;
+        }
+        Ok(())
+    }
+}

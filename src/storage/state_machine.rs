@@ -1,0 +1,337 @@
+//! The replicated state machine (openraft's `RaftStateMachine`) over RocksDB, its snapshots, and the read side.
+//!
+//! Applying an entry: the pure engine decides what the entry changes; this module writes those changes and the
+//! entry's log id (`last_applied`) in ONE WriteBatch, so after a crash the state and `last_applied` agree and the
+//! node resumes from its own disk. A snapshot is the `state` column family's contents at a RocksDB snapshot, plus
+//! the applied log id and membership read from the same RocksDB snapshot.
+
+use std::io::Cursor;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, StorageIOError};
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{codec, keys, Db};
+use crate::engine::definitions::{TaskDef, WorkflowDef};
+use crate::engine::{self, CommandResponse, Mutation, StateError, StateView};
+use crate::raft::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+/// Exclusive upper bound of every `state` key (partition 0xFFFF, table 0xFF is never used).
+const STATE_END: [u8; 3] = [0xff, 0xff, 0xff];
+
+/// The snapshot as stored in `sm_meta` and sent to peers: metadata plus the `state` family's pairs.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    #[serde(with = "serde_bytes")]
+    data: Vec<u8>,
+}
+
+/// The body of a snapshot: every `state` pair in key order.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    pairs: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
+}
+
+/// A failed read of the applied state.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// RocksDB failed.
+    #[error("storage read failed: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// A stored record did not decode.
+    #[error("stored record unreadable: {0}")]
+    Codec(#[from] codec::CodecError),
+}
+
+/// A hash of the state machine's contents at one applied index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateHash {
+    /// The log index the state reflects (0 before anything was applied).
+    pub applied_index: u64,
+    /// Hex SHA-256 over every `state` key and value, length-prefixed, in key order.
+    pub hex: String,
+}
+
+/// Read access to the applied state, for the API and status. Cheap to clone; reads see the latest applied entry.
+#[derive(Debug, Clone)]
+pub struct StateReader {
+    db: Arc<Db>,
+    hash_cache: Arc<Mutex<Option<StateHash>>>,
+}
+
+impl StateReader {
+    /// The task definition of that name.
+    pub fn task_def(&self, name: &str) -> Result<Option<TaskDef>, ReadError> {
+        read_record(&self.db, &keys::task_def(keys::PARTITION_0, name))
+    }
+
+    /// Every task definition, by name.
+    pub fn task_defs(&self) -> Result<Vec<TaskDef>, ReadError> {
+        scan(&self.db, &keys::table_prefix(keys::PARTITION_0, keys::Table::TaskDef))
+    }
+
+    /// One version of a workflow definition, or its latest version when `version` is None.
+    pub fn workflow_def(&self, name: &str, version: Option<u32>) -> Result<Option<WorkflowDef>, ReadError> {
+        match version {
+            Some(v) => read_record(&self.db, &keys::workflow_def(keys::PARTITION_0, name, v)),
+            None => Ok(scan(&self.db, &keys::workflow_def_versions(keys::PARTITION_0, name))?.pop()),
+        }
+    }
+
+    /// Every version of every workflow definition, by name then version.
+    pub fn workflow_defs(&self) -> Result<Vec<WorkflowDef>, ReadError> {
+        scan(&self.db, &keys::table_prefix(keys::PARTITION_0, keys::Table::WorkflowDef))
+    }
+
+    /// The hash of the state's contents and the applied index it belongs to, read from one RocksDB snapshot.
+    /// Costs a full scan of the state when something was applied since the last call.
+    pub fn state_hash(&self) -> Result<StateHash, ReadError> {
+        let snap = self.db.raw().snapshot();
+        let applied: Option<LogId> = match snap.get_cf(self.db.cf(keys::CF_SM_META), keys::LAST_APPLIED)? {
+            Some(bytes) => codec::decode(&bytes)?,
+            None => None,
+        };
+        let applied_index = applied.map_or(0, |id| id.index);
+        if let Some(cached) = self.hash_cache.lock().expect("hash cache lock is never poisoned").as_ref() {
+            if cached.applied_index == applied_index {
+                return Ok(cached.clone());
+            }
+        }
+        let mut hasher = Sha256::new();
+        for item in snap.iterator_cf(self.db.cf(keys::CF_STATE), IteratorMode::Start) {
+            let (key, value) = item?;
+            hasher.update((key.len() as u64).to_be_bytes());
+            hasher.update(&key);
+            hasher.update((value.len() as u64).to_be_bytes());
+            hasher.update(&value);
+        }
+        let hash = StateHash { applied_index, hex: hex::encode(hasher.finalize()) };
+        *self.hash_cache.lock().expect("hash cache lock is never poisoned") = Some(hash.clone());
+        Ok(hash)
+    }
+}
+
+fn read_record<T: serde::de::DeserializeOwned>(db: &Db, key: &[u8]) -> Result<Option<T>, ReadError> {
+    match db.get(keys::CF_STATE, key)? {
+        Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+        None => Ok(None),
+    }
+}
+
+fn scan<T: serde::de::DeserializeOwned>(db: &Db, prefix: &[u8]) -> Result<Vec<T>, ReadError> {
+    let mut opts = ReadOptions::default();
+    if let Some(end) = keys::prefix_end(prefix) {
+        opts.set_iterate_upper_bound(end);
+    }
+    let iter = db.raw().iterator_cf_opt(db.cf(keys::CF_STATE), opts, IteratorMode::From(prefix, Direction::Forward));
+    let mut out = Vec::new();
+    for item in iter {
+        let (_, value) = item?;
+        out.push(codec::decode(&value)?);
+    }
+    Ok(out)
+}
+
+/// The engine's view of the live state.
+struct RocksView<'a>(&'a Db);
+
+impl StateView for RocksView<'_> {
+    fn task_def(&self, name: &str) -> Result<Option<TaskDef>, StateError> {
+        read_record(self.0, &keys::task_def(keys::PARTITION_0, name)).map_err(|e| StateError(e.to_string()))
+    }
+
+    fn workflow_def(&self, name: &str, version: u32) -> Result<Option<WorkflowDef>, StateError> {
+        read_record(self.0, &keys::workflow_def(keys::PARTITION_0, name, version))
+            .map_err(|e| StateError(e.to_string()))
+    }
+}
+
+/// The state machine openraft drives.
+#[derive(Debug)]
+pub struct StateMachineStore {
+    db: Arc<Db>,
+    reader: StateReader,
+}
+
+impl StateMachineStore {
+    /// A state machine over `db`.
+    pub fn new(db: Arc<Db>) -> Self {
+        let reader = StateReader { db: db.clone(), hash_cache: Arc::new(Mutex::new(None)) };
+        StateMachineStore { db, reader }
+    }
+
+    /// A read handle that stays valid after the state machine is handed to openraft.
+    pub fn reader(&self) -> StateReader {
+        self.reader.clone()
+    }
+
+    fn sm_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        let bytes = self.db.get(keys::CF_SM_META, key).map_err(|e| StorageIOError::read_state_machine(&e))?;
+        bytes.map(|b| codec::decode(&b).map_err(|e| StorageIOError::read_state_machine(&e).into())).transpose()
+    }
+
+    fn write_mutation(&self, batch: &mut WriteBatch, mutation: &Mutation) -> Result<(), codec::CodecError> {
+        let cf = self.db.cf(keys::CF_STATE);
+        match mutation {
+            Mutation::PutTaskDef(def) => {
+                batch.put_cf(cf, keys::task_def(keys::PARTITION_0, &def.name), codec::encode(def)?)
+            }
+            Mutation::PutWorkflowDef(def) => batch.put_cf(
+                cf,
+                keys::workflow_def(keys::PARTITION_0, &def.name, engine::workflow_version(def)),
+                codec::encode(def)?,
+            ),
+        }
+        Ok(())
+    }
+}
+
+/// Builds snapshots from a consistent RocksDB snapshot of the state.
+#[derive(Debug)]
+pub struct SnapshotBuilder {
+    db: Arc<Db>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let read_err =
+            |e: &dyn std::error::Error| StorageIOError::read_state_machine(openraft::AnyError::error(e.to_string()));
+        let (last_log_id, last_membership, body) = {
+            let snap = self.db.raw().snapshot();
+            let meta = |key| -> Result<Option<Vec<u8>>, StorageError> {
+                snap.get_cf(self.db.cf(keys::CF_SM_META), key).map_err(|e| read_err(&e).into())
+            };
+            let last_log_id: Option<LogId> = match meta(keys::LAST_APPLIED)? {
+                Some(b) => codec::decode(&b).map_err(|e| read_err(&e))?,
+                None => None,
+            };
+            let last_membership: StoredMembership = match meta(keys::MEMBERSHIP)? {
+                Some(b) => codec::decode(&b).map_err(|e| read_err(&e))?,
+                None => StoredMembership::default(),
+            };
+            let mut pairs = Vec::new();
+            for item in snap.iterator_cf(self.db.cf(keys::CF_STATE), IteratorMode::Start) {
+                let (k, v) = item.map_err(|e| read_err(&e))?;
+                pairs.push((serde_bytes::ByteBuf::from(k.to_vec()), serde_bytes::ByteBuf::from(v.to_vec())));
+            }
+            (last_log_id, last_membership, SnapshotBody { pairs })
+        };
+        let data = codec::encode(&body).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        let built_at_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let snapshot_id = match last_log_id {
+            Some(id) => format!("{}-{}-{built_at_ns}", id.leader_id.term, id.index),
+            None => format!("0-0-{built_at_ns}"),
+        };
+        let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
+        let stored = StoredSnapshot { meta: meta.clone(), data };
+        let bytes = codec::encode(&stored).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.db.cf(keys::CF_SM_META), keys::SNAPSHOT, bytes);
+        self.db.write(batch, true).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        tracing::info!(index = last_log_id.map_or(0, |id| id.index), bytes = stored.data.len(), "snapshot built");
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let applied = self.sm_meta::<Option<LogId>>(keys::LAST_APPLIED)?.flatten();
+        let membership = self.sm_meta::<StoredMembership>(keys::MEMBERSHIP)?.unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut responses = Vec::new();
+        for entry in entries {
+            let log_id = entry.log_id;
+            let apply_err =
+                |e: &dyn std::error::Error| StorageIOError::apply(log_id, openraft::AnyError::error(e.to_string()));
+            let mut batch = WriteBatch::default();
+            let response = match &entry.payload {
+                EntryPayload::Blank => CommandResponse::Done,
+                EntryPayload::Normal(proposal) => {
+                    let _span = tracing::debug_span!(
+                        "apply",
+                        log_index = log_id.index,
+                        term = log_id.leader_id.term,
+                        kind = proposal.command.kind()
+                    )
+                    .entered();
+                    let applied = engine::apply(&RocksView(&self.db), proposal).map_err(|e| apply_err(&e))?;
+                    for mutation in &applied.mutations {
+                        self.write_mutation(&mut batch, mutation).map_err(|e| apply_err(&e))?;
+                    }
+                    applied.response
+                }
+                EntryPayload::Membership(membership) => {
+                    let stored = StoredMembership::new(Some(log_id), membership.clone());
+                    let bytes = codec::encode(&stored).map_err(|e| apply_err(&e))?;
+                    batch.put_cf(self.db.cf(keys::CF_SM_META), keys::MEMBERSHIP, bytes);
+                    tracing::info!(log_index = log_id.index, ?membership, "membership applied");
+                    CommandResponse::Done
+                }
+            };
+            let applied_bytes = codec::encode(&Some(log_id)).map_err(|e| apply_err(&e))?;
+            batch.put_cf(self.db.cf(keys::CF_SM_META), keys::LAST_APPLIED, applied_bytes);
+            self.db.write(batch, false).map_err(|e| apply_err(&e))?;
+            responses.push(response);
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder { db: self.db.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let err = |e: &dyn std::error::Error| {
+            StorageIOError::write_snapshot(Some(meta.signature()), openraft::AnyError::error(e.to_string()))
+        };
+        let data = snapshot.into_inner();
+        let body: SnapshotBody = codec::decode(&data).map_err(|e| err(&e))?;
+        let state = self.db.cf(keys::CF_STATE);
+        let sm_meta = self.db.cf(keys::CF_SM_META);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(state, &[][..], &STATE_END[..]);
+        for (key, value) in &body.pairs {
+            batch.put_cf(state, key, value);
+        }
+        batch.put_cf(sm_meta, keys::LAST_APPLIED, codec::encode(&meta.last_log_id).map_err(|e| err(&e))?);
+        batch.put_cf(sm_meta, keys::MEMBERSHIP, codec::encode(&meta.last_membership).map_err(|e| err(&e))?);
+        let stored = StoredSnapshot { meta: meta.clone(), data };
+        batch.put_cf(sm_meta, keys::SNAPSHOT, codec::encode(&stored).map_err(|e| err(&e))?);
+        self.db.write(batch, true).map_err(|e| err(&e))?;
+        tracing::info!(
+            index = meta.last_log_id.map_or(0, |id| id.index),
+            pairs = body.pairs.len(),
+            "snapshot installed"
+        );
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let Some(stored) = self.sm_meta::<StoredSnapshot>(keys::SNAPSHOT)? else {
+            return Ok(None);
+        };
+        Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+    }
+}
