@@ -208,9 +208,8 @@ impl Proposer {
             // Wake on any metrics change (a new leader, a new term), or after a short pause when the known leader
             // did not answer and nothing has changed yet.
             let pause = if leader.is_some() { RETRY_PAUSE } else { deadline - now };
-            match tokio::time::timeout(pause.min(deadline - now), metrics.changed()).await {
-                Ok(Err(_)) => return Err(ProposeError::ShuttingDown),
-                Ok(Ok(())) | Err(_) => {}
+            if let Ok(Err(_)) = tokio::time::timeout(pause.min(deadline - now), metrics.changed()).await {
+                return Err(ProposeError::ShuttingDown);
             }
         }
     }

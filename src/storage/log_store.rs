@@ -63,10 +63,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         };
         let mut opts = ReadOptions::default();
         match range.end_bound() {
-            Bound::Included(&i) => match i.checked_add(1) {
-                Some(end) => opts.set_iterate_upper_bound(keys::log_key(end)),
-                None => {}
-            },
+            Bound::Included(&i) => {
+                if let Some(end) = i.checked_add(1) {
+                    opts.set_iterate_upper_bound(keys::log_key(end));
+                }
+            }
             Bound::Excluded(&i) => opts.set_iterate_upper_bound(keys::log_key(i)),
             Bound::Unbounded => {}
         }
