@@ -118,13 +118,15 @@ pub struct RaftConfig {
 }
 
 impl Default for RaftConfig {
-    /// 50 ms heartbeats, a 300–600 ms election timeout, 2 s per snapshot chunk, 512
-    /// entries per append.
+    /// 50 ms heartbeats, a 100–200 ms election timeout, 2 s per snapshot chunk, 512
+    /// entries per append. openraft 0.9 adds a leader lease of `election_timeout_max_ms`
+    /// before a follower may stand, so a follower elects after 300–400 ms without a
+    /// heartbeat (docs/adr/0005-election-timing.md).
     fn default() -> Self {
         RaftConfig {
             heartbeat_interval_ms: 50,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
+            election_timeout_min_ms: 100,
+            election_timeout_max_ms: 200,
             install_snapshot_timeout_ms: 2000,
             max_payload_entries: 512,
         }
@@ -907,7 +909,7 @@ mod tests {
         assert!(shown.contains("  - raft.hearbeat_ms: unknown key"), "{shown}");
         assert!(
             shown.contains(
-                "  - raft.heartbeat_interval_ms: must be below raft.election_timeout_min_ms (got 700 >= 300)"
+                "  - raft.heartbeat_interval_ms: must be below raft.election_timeout_min_ms (got 700 >= 100)"
             ),
             "{shown}"
         );
@@ -1011,8 +1013,8 @@ mod tests {
             config.raft,
             RaftConfig {
                 heartbeat_interval_ms: 50,
-                election_timeout_min_ms: 300,
-                election_timeout_max_ms: 600,
+                election_timeout_min_ms: 100,
+                election_timeout_max_ms: 200,
                 install_snapshot_timeout_ms: 2000,
                 max_payload_entries: 512,
             }
@@ -1046,7 +1048,7 @@ mod tests {
         assert_eq!(config.grpc_listen_addr(), "0.0.0.0:7002");
         assert_eq!(config.http_listen_addr(), "127.0.0.1:8082");
         // Untouched keys keep the file's values.
-        assert_eq!(config.raft.election_timeout_min_ms, 300);
+        assert_eq!(config.raft.election_timeout_min_ms, 100);
     }
 
     #[test]
