@@ -593,6 +593,24 @@ async fn metadata_api_follows_conductor_semantics_through_a_follower() -> Result
 /// to a new agreed leader over 10 kills (each killed node restarted and caught up before the next kill). Run with
 /// `cargo test --release --test cluster -- --ignored --nocapture failover_times`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_a_follower_is_readable_there_as_soon_as_it_is_acknowledged() -> Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let leader = cluster.leader_by(secs(5)).await?;
+    let follower = cluster.nodes().iter().find(|n| n.id != leader).context("a follower")?;
+    for i in 0..20 {
+        let name = format!("ryw-{i}");
+        register_task_def(follower, &name).await?;
+        // No polling: the follower answered only once it had applied the write itself.
+        get(follower, &format!("/api/metadata/taskdefs/{name}"))
+            .await?
+            .ok()
+            .with_context(|| format!("local read of {name} right after its write"))?;
+    }
+    cluster.pass();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, run on demand"]
 async fn failover_times_over_10_leader_kills() -> Result<()> {
     let cluster = Cluster::start(3).await?;

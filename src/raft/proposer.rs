@@ -121,7 +121,22 @@ impl Proposer {
     }
 
     /// Commits `command`, waiting through elections up to the forward timeout.
+    ///
+    /// On a follower, the answer also waits (within the same deadline) until this node has applied the entry, so a
+    /// client that wrote through a node can read its write back from that node's local state.
     pub async fn propose(&self, command: Command) -> Result<Committed, ProposeError> {
+        let deadline = Instant::now() + self.forward_timeout;
+        let committed = self.commit(command).await?;
+        if committed.leader_id != self.node_id {
+            let wait = self.raft.wait(Some(deadline.saturating_duration_since(Instant::now())));
+            if let Err(e) = wait.applied_index_at_least(Some(committed.log_index), "read your write").await {
+                tracing::debug!(error = %e, log_index = committed.log_index, "write committed; not yet applied here");
+            }
+        }
+        Ok(committed)
+    }
+
+    async fn commit(&self, command: Command) -> Result<Committed, ProposeError> {
         let span = tracing::debug_span!("propose", kind = command.kind());
         self.retry_until_deadline(|leader, deadline| {
             let command = command.clone();

@@ -1,0 +1,171 @@
+//! The public gRPC API and the CLI (`baton cluster status`, `baton up`) against real processes.
+
+mod support;
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use baton::pb::v1::cluster_service_client::ClusterServiceClient;
+use baton::pb::v1::metadata_service_client::MetadataServiceClient;
+use baton::pb::v1::{
+    Consistency, GetTaskDefRequest, GetWorkflowDefRequest, RegisterTaskDefsRequest, RegisterWorkflowDefRequest,
+    StatusRequest, TaskDefJson, WorkflowDefJson,
+};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use support::{secs, wait_until, Cluster, Options};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tonic::Code;
+
+async fn metadata_client(addr: &str) -> Result<MetadataServiceClient<tonic::transport::Channel>> {
+    Ok(MetadataServiceClient::new(baton::raft::network::channel(addr)?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_metadata_through_followers_with_status_codes() -> Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let leader = cluster.leader_by(secs(5)).await?;
+    let followers: Vec<_> = cluster.nodes().iter().filter(|n| n.id != leader).collect();
+    let mut writer = metadata_client(&followers[0].grpc_addr).await?;
+    let mut reader = metadata_client(&followers[1].grpc_addr).await?;
+
+    let reply = writer
+        .register_task_defs(RegisterTaskDefsRequest {
+            task_defs: vec![TaskDefJson { json: r#"{"name":"resize","retryCount":1}"#.into() }],
+        })
+        .await?
+        .into_inner();
+    ensure!(reply.leader_id == leader, "write committed by {} but the leader is {leader}", reply.leader_id);
+    ensure!(reply.log_index > 0);
+
+    // A linearizable read on the other follower sees the write at once.
+    let got = reader
+        .get_task_def(GetTaskDefRequest { name: "resize".into(), consistency: Consistency::Linearizable as i32 })
+        .await?
+        .into_inner();
+    let def: serde_json::Value = serde_json::from_str(&got.json)?;
+    ensure!(def["retryCount"] == 1, "unexpected definition {def}");
+
+    // Bad input names the field; nothing is written.
+    let bad = writer
+        .register_task_defs(RegisterTaskDefsRequest {
+            task_defs: vec![TaskDefJson { json: r#"{"name":"x","retryCount":"many"}"#.into() }],
+        })
+        .await
+        .expect_err("a string retryCount is refused");
+    ensure!(bad.code() == Code::InvalidArgument && bad.message().contains("retryCount"), "{bad:?}");
+
+    let workflow = r#"{"name":"wf","version":1,"tasks":[{"name":"resize","taskReferenceName":"r"}]}"#;
+    let register = |overwrite| RegisterWorkflowDefRequest {
+        workflow_def: Some(WorkflowDefJson { json: workflow.into() }),
+        overwrite,
+    };
+    writer.register_workflow_def(register(false)).await?;
+    let dup = writer.register_workflow_def(register(false)).await.expect_err("duplicate refused");
+    ensure!(dup.code() == Code::AlreadyExists, "{dup:?}");
+    writer.register_workflow_def(register(true)).await?;
+
+    let missing = reader
+        .get_workflow_def(GetWorkflowDefRequest { name: "nope".into(), version: 0, consistency: 0 })
+        .await
+        .expect_err("unknown workflow");
+    ensure!(missing.code() == Code::NotFound, "{missing:?}");
+
+    // ClusterService agrees with the HTTP status.
+    let mut cluster_client = ClusterServiceClient::new(baton::raft::network::channel(&followers[1].grpc_addr)?);
+    let status = cluster_client.status(StatusRequest {}).await?.into_inner();
+    ensure!(status.role == "follower" && status.leader_id == leader && status.members.len() == 3, "{status:?}");
+    cluster.pass();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_status_cli_lists_every_member_and_marks_the_dead_one() -> Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let leader = cluster.leader_by(secs(5)).await?;
+    cluster.wait_converged().await?;
+    let run = |addr: String, json: bool| async move {
+        let mut cmd = tokio::process::Command::new(support::BIN);
+        cmd.args(["cluster", "status", "--addr", &addr]);
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.output().await.context("running baton cluster status")
+    };
+    let out = run(cluster.node(1).grpc_addr.clone(), true).await?;
+    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
+    let mut ids: Vec<u64> = rows.iter().filter_map(|r| r["node_id"].as_u64()).collect();
+    ids.sort_unstable();
+    ensure!(ids == [1, 2, 3], "status rows: {rows:?}");
+    let leaders: Vec<_> = rows.iter().filter(|r| r["role"] == "leader").collect();
+    ensure!(leaders.len() == 1 && leaders[0]["node_id"] == leader, "{rows:?}");
+
+    let follower = cluster.nodes().iter().find(|n| n.id != leader).context("a follower")?;
+    follower.kill()?;
+    let out = run(cluster.node(leader).grpc_addr.clone(), false).await?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "{table}");
+    ensure!(table.contains("unreachable") && table.contains(&follower.grpc_addr), "{table}");
+    ensure!(table.matches("leader").count() >= 1 && table.contains("follower"), "{table}");
+    cluster.pass();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_three_nodes_and_ctrl_c_stops_them() -> Result<()> {
+    // `prepare` writes node1.toml .. node3.toml with free ports into the cluster's dir without starting anything.
+    let cluster = Cluster::prepare(3, Options::default()).await?;
+    let data = cluster.dir().join("up-data");
+    let mut up = tokio::process::Command::new(support::BIN)
+        .args(["up", "--config-dir"])
+        .arg(cluster.dir())
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = BufReader::new(up.stdout.take().context("stdout")?).lines();
+    let mut seen = Vec::new();
+    let table = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(line) = lines.next_line().await? {
+            seen.push(line.clone());
+            if line.starts_with("[baton up] leader: node") {
+                // The table follows the announcement.
+                let mut table = Vec::new();
+                while table.len() < 7 {
+                    match lines.next_line().await? {
+                        Some(l) => table.push(l),
+                        None => break,
+                    }
+                }
+                return anyhow::Ok(table.join("\n"));
+            }
+        }
+        anyhow::bail!("baton up ended before a leader was shown")
+    })
+    .await
+    .with_context(|| format!("no leader announced; output so far:\n{}", seen.join("\n")))??;
+    for node in cluster.nodes() {
+        ensure!(table.contains(&node.grpc_addr), "status table lacks {}:\n{table}", node.grpc_addr);
+    }
+    ensure!(data.join("node1").exists() && data.join("node3").exists(), "data dirs under --data-dir");
+
+    let pid = i32::try_from(up.id().context("pid")?)?;
+    kill(Pid::from_raw(pid), Signal::SIGINT)?;
+    let status = tokio::time::timeout(Duration::from_secs(20), up.wait()).await??;
+    ensure!(status.success(), "baton up exited with {status}");
+    // Every node stopped: its HTTP port no longer answers.
+    for node in cluster.nodes() {
+        wait_until(secs(5), "node stopped", || async {
+            match support::get(node, "/health").await {
+                Ok(_) => Err(anyhow::anyhow!("{} still answers /health", node.http_addr)),
+                Err(_) => Ok(()),
+            }
+        })
+        .await?;
+    }
+    cluster.pass();
+    Ok(())
+}
