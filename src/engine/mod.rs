@@ -190,7 +190,7 @@ pub fn apply(state: &impl StateView, proposal: &Proposal) -> Result<Applied, Sta
         Command::RegisterTaskDefs { defs } => {
             for def in defs {
                 let existing = state.task_def(&def.name)?;
-                mutations.push(Mutation::PutTaskDef(stamp_task_def(def, existing.as_ref(), at_ms)));
+                mutations.push(Mutation::PutTaskDef(stamp(def, existing.as_ref(), at_ms)));
             }
         }
         Command::UpdateTaskDef { def } => {
@@ -200,7 +200,7 @@ pub fn apply(state: &impl StateView, proposal: &Proposal) -> Result<Applied, Sta
                     format!("no task definition named '{}'", def.name),
                 )));
             };
-            mutations.push(Mutation::PutTaskDef(stamp_task_def(def, Some(&existing), at_ms)));
+            mutations.push(Mutation::PutTaskDef(stamp(def, Some(&existing), at_ms)));
         }
         Command::RegisterWorkflowDef { def, overwrite } => {
             let existing = state.workflow_def(&def.name, workflow_version(def))?;
@@ -210,12 +210,12 @@ pub fn apply(state: &impl StateView, proposal: &Proposal) -> Result<Applied, Sta
                     format!("workflow definition '{}' version {} already exists", def.name, def.version),
                 )));
             }
-            mutations.push(Mutation::PutWorkflowDef(stamp_workflow_def(def, existing.as_ref(), at_ms)));
+            mutations.push(Mutation::PutWorkflowDef(stamp(def, existing.as_ref(), at_ms)));
         }
         Command::UpdateWorkflowDefs { defs } => {
             for def in defs {
                 let existing = state.workflow_def(&def.name, workflow_version(def))?;
-                mutations.push(Mutation::PutWorkflowDef(stamp_workflow_def(def, existing.as_ref(), at_ms)));
+                mutations.push(Mutation::PutWorkflowDef(stamp(def, existing.as_ref(), at_ms)));
             }
         }
     }
@@ -227,32 +227,37 @@ pub fn workflow_version(def: &WorkflowDef) -> u32 {
     u32::try_from(def.version).unwrap_or(0)
 }
 
-fn stamp_task_def(def: &TaskDef, existing: Option<&TaskDef>, at_ms: u64) -> TaskDef {
-    let mut def = def.clone();
-    match existing {
-        Some(old) => {
-            def.create_time = old.create_time;
-            def.update_time = Some(at_ms);
-        }
-        None => {
-            def.create_time = Some(at_ms);
-            def.update_time = None;
-        }
-    }
-    def
+/// Definitions that carry Conductor's `createTime` / `updateTime`.
+trait Timestamped: Clone {
+    fn create_time(&self) -> Option<u64>;
+    fn set_times(&mut self, create_time: Option<u64>, update_time: Option<u64>);
 }
 
-fn stamp_workflow_def(def: &WorkflowDef, existing: Option<&WorkflowDef>, at_ms: u64) -> WorkflowDef {
+impl Timestamped for TaskDef {
+    fn create_time(&self) -> Option<u64> {
+        self.create_time
+    }
+    fn set_times(&mut self, create_time: Option<u64>, update_time: Option<u64>) {
+        (self.create_time, self.update_time) = (create_time, update_time);
+    }
+}
+
+impl Timestamped for WorkflowDef {
+    fn create_time(&self) -> Option<u64> {
+        self.create_time
+    }
+    fn set_times(&mut self, create_time: Option<u64>, update_time: Option<u64>) {
+        (self.create_time, self.update_time) = (create_time, update_time);
+    }
+}
+
+/// The definition as stored: a new one is created at `at_ms`; a replacement keeps the original creation time and
+/// is updated at `at_ms`.
+fn stamp<T: Timestamped>(def: &T, existing: Option<&T>, at_ms: u64) -> T {
     let mut def = def.clone();
     match existing {
-        Some(old) => {
-            def.create_time = old.create_time;
-            def.update_time = Some(at_ms);
-        }
-        None => {
-            def.create_time = Some(at_ms);
-            def.update_time = None;
-        }
+        Some(old) => def.set_times(old.create_time(), Some(at_ms)),
+        None => def.set_times(Some(at_ms), None),
     }
     def
 }
