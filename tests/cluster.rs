@@ -276,6 +276,33 @@ async fn killed_leader_restarts_as_follower_and_catches_up() -> Result<()> {
     Ok(())
 }
 
+/// A follower whose data dir is lost (wiped while it was down) rejoins from the leader, through a snapshot when
+/// the leader has purged its log, and ends byte-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_with_wiped_data_dir_rejoins_through_a_snapshot() -> Result<()> {
+    let opts = Options { logs_since_last: 20, max_logs_kept: 0, ..Options::default() };
+    let cluster = Cluster::start_with(3, opts).await?;
+    let leader = cluster.leader().await?;
+    let victim = cluster.live_except(leader)[0].id;
+    let mut names = Vec::new();
+    for i in 0..60 {
+        let name = format!("kept-{i}");
+        register_task_def(cluster.node(leader), &name).await?;
+        names.push(name);
+    }
+    cluster.wait_converged().await?;
+    cluster.node(victim).kill()?;
+    std::fs::remove_dir_all(&cluster.node(victim).data_dir)?;
+    cluster.node(victim).restart().await?;
+    let statuses = cluster.wait_converged_by(secs(20)).await?;
+    let back = cluster.node(victim).status().await?;
+    ensure!(back.role == "follower", "wiped n{victim} did not rejoin as follower: {}", summary(&statuses));
+    ensure!(back.snapshot_index > 0, "wiped n{victim} holds no snapshot: {}", back.line());
+    assert_task_defs_present(cluster.node(victim), &names).await?;
+    cluster.pass();
+    Ok(())
+}
+
 /// 4b. A follower that was down while the leader snapshotted and purged the entries it lacks catches up through
 /// a snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
