@@ -17,9 +17,11 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::gateway::Gateway;
 use crate::api::grpc::{ClusterGrpc, MetadataGrpc};
 use crate::api::http::{router, HttpState};
 use crate::api::metadata::MetadataApi;
+use crate::api::workflows::WorkflowApi;
 use crate::config::Config;
 use crate::pb::raft::raft_peer_server::RaftPeerServer;
 use crate::pb::v1::cluster_service_server::ClusterServiceServer;
@@ -125,7 +127,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         &config.cluster_id,
         Duration::from_millis(config.api.forward_timeout_ms),
     ));
-    let metadata = MetadataApi::new(proposer.clone(), reader.clone());
+    let gateway = Gateway::new(proposer.clone(), reader.clone());
+    let metadata = MetadataApi::new(gateway.clone());
+    let workflows = WorkflowApi::new(gateway);
 
     let grpc = tonic::transport::Server::builder()
         .add_service(
@@ -136,8 +140,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         .add_service(ClusterServiceServer::new(ClusterGrpc::new(raft.clone(), reader.clone(), &config.cluster_id)))
         .add_service(MetadataServiceServer::new(MetadataGrpc::new(metadata.clone())))
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), shutdown.clone().cancelled_owned());
-    let http_app =
-        router(HttpState { raft: raft.clone(), reader, metadata, cluster_id: config.cluster_id.as_str().into() });
+    let http_app = router(HttpState {
+        raft: raft.clone(),
+        reader,
+        metadata,
+        workflows,
+        cluster_id: config.cluster_id.as_str().into(),
+    });
     let http = axum::serve(http_listener, http_app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
 
     tracing::info!(

@@ -186,7 +186,7 @@ fn spawn_writer(
 
 fn acked_count(acks: &Mutex<Vec<Ack>>, after: Option<Instant>) -> usize {
     let acks = acks.lock().expect("acks lock");
-    acks.iter().filter(|a| after.map_or(true, |t| a.at > t)).count()
+    acks.iter().filter(|a| after.is_none_or(|t| a.at > t)).count()
 }
 
 /// 3. SIGKILL the leader while a client keeps registering definitions through the survivors: a new leader within

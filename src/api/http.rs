@@ -6,14 +6,18 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
+use serde_json::Value;
 
 use crate::api::error::ApiError;
 use crate::api::metadata::{parse_document, Consistency, MetadataApi};
 use crate::api::status::NodeStatus;
+use crate::api::workflows::{RerunWorkflowRequest, StartWorkflowRequest, TaskResult, WorkflowApi};
 use crate::engine::definitions::{TaskDef, WorkflowDef};
+use crate::engine::model::Workflow;
+use crate::engine::Command;
 use crate::raft::Raft;
 use crate::storage::StateReader;
 
@@ -26,6 +30,8 @@ pub struct HttpState {
     pub reader: StateReader,
     /// Metadata operations.
     pub metadata: MetadataApi,
+    /// Workflow operations.
+    pub workflows: WorkflowApi,
     /// The cluster's id.
     pub cluster_id: Arc<str>,
 }
@@ -40,6 +46,15 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/metadata/taskdefs/{name}", get(get_task_def))
         .route("/api/metadata/workflow", get(list_workflow_defs).post(register_workflow_def).put(update_workflow_defs))
         .route("/api/metadata/workflow/{name}", get(get_workflow_def))
+        .route("/api/workflow", post(start_workflow))
+        .route("/api/workflow/{id}", get(get_workflow).post(start_workflow_by_name).delete(terminate_workflow))
+        .route("/api/workflow/{id}/pause", put(pause_workflow))
+        .route("/api/workflow/{id}/resume", put(resume_workflow))
+        .route("/api/workflow/{id}/retry", post(retry_workflow))
+        .route("/api/workflow/{id}/restart", post(restart_workflow))
+        .route("/api/workflow/{id}/rerun", post(rerun_workflow))
+        .route("/api/workflow/{id}/skiptask/{task_ref}", put(skip_task))
+        .route("/api/tasks", post(update_task))
         .with_state(state)
 }
 
@@ -165,4 +180,145 @@ async fn list_workflow_defs(
     Query(params): Query<ReadParams>,
 ) -> Result<Json<Vec<WorkflowDef>>, ApiError> {
     Ok(Json(state.metadata.workflow_defs(params.consistency()?).await?))
+}
+
+// ---------------------------------------------------------------------------------------------- workflows
+
+async fn start_workflow(State(state): State<HttpState>, body: String) -> Result<String, ApiError> {
+    let req: StartWorkflowRequest = parse_document(&body, "")?;
+    state.workflows.start(req).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StartByNameParams {
+    version: Option<u32>,
+    correlation_id: Option<String>,
+    priority: Option<u32>,
+}
+
+/// `POST /api/workflow/{name}`: the body is the input.
+async fn start_workflow_by_name(
+    State(state): State<HttpState>,
+    Path(name): Path<String>,
+    Query(params): Query<StartByNameParams>,
+    body: String,
+) -> Result<String, ApiError> {
+    let input = if body.trim().is_empty() { Default::default() } else { parse_document(&body, "input")? };
+    let req = StartWorkflowRequest {
+        name,
+        version: params.version,
+        correlation_id: params.correlation_id,
+        input,
+        priority: params.priority.unwrap_or(0),
+        ..Default::default()
+    };
+    state.workflows.start(req).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GetWorkflowParams {
+    include_tasks: Option<bool>,
+    consistency: Option<String>,
+}
+
+async fn get_workflow(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    Query(params): Query<GetWorkflowParams>,
+) -> Result<Json<Workflow>, ApiError> {
+    let consistency = ReadParams { consistency: params.consistency, version: None }.consistency()?;
+    Ok(Json(state.workflows.get(&id, params.include_tasks.unwrap_or(true), consistency).await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct ReasonParams {
+    reason: Option<String>,
+}
+
+async fn terminate_workflow(
+    State(state): State<HttpState>,
+    Path(workflow_id): Path<String>,
+    Query(params): Query<ReasonParams>,
+) -> Result<StatusCode, ApiError> {
+    let reason = params.reason.unwrap_or_default();
+    state.workflows.command(Command::Terminate { workflow_id, reason }).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn pause_workflow(
+    State(state): State<HttpState>,
+    Path(workflow_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.workflows.command(Command::Pause { workflow_id }).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn resume_workflow(
+    State(state): State<HttpState>,
+    Path(workflow_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.workflows.command(Command::Resume { workflow_id }).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn retry_workflow(
+    State(state): State<HttpState>,
+    Path(workflow_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.workflows.command(Command::Retry { workflow_id }).await?;
+    Ok(StatusCode::OK)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RestartParams {
+    use_latest_definitions: Option<bool>,
+}
+
+async fn restart_workflow(
+    State(state): State<HttpState>,
+    Path(workflow_id): Path<String>,
+    Query(params): Query<RestartParams>,
+) -> Result<StatusCode, ApiError> {
+    let use_latest_definition = params.use_latest_definitions.unwrap_or(false);
+    state.workflows.command(Command::Restart { workflow_id, use_latest_definition }).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn rerun_workflow(
+    State(state): State<HttpState>,
+    Path(workflow_id): Path<String>,
+    body: String,
+) -> Result<String, ApiError> {
+    let req: RerunWorkflowRequest = parse_document(&body, "")?;
+    let command = Command::Rerun {
+        workflow_id: workflow_id.clone(),
+        from_task_id: req.re_run_from_task_id,
+        task_input: req.task_input,
+        workflow_input: req.workflow_input,
+    };
+    state.workflows.command(command).await?;
+    Ok(workflow_id)
+}
+
+async fn skip_task(
+    State(state): State<HttpState>,
+    Path((workflow_id, task_ref)): Path<(String, String)>,
+    body: String,
+) -> Result<StatusCode, ApiError> {
+    let output = match serde_json::from_str::<Value>(&body) {
+        Ok(Value::Object(req)) => req.get("taskOutput").and_then(Value::as_object).cloned().unwrap_or_default(),
+        _ => Default::default(),
+    };
+    state.workflows.command(Command::SkipTask { workflow_id, task_ref, output }).await?;
+    Ok(StatusCode::OK)
+}
+
+/// `POST /api/tasks`: a worker's TaskResult; answers the task id.
+async fn update_task(State(state): State<HttpState>, body: String) -> Result<String, ApiError> {
+    let result: TaskResult = parse_document(&body, "")?;
+    state.workflows.update_task(&result).await?;
+    Ok(result.task_id)
 }

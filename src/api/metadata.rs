@@ -1,29 +1,17 @@
 //! The metadata operations (task and workflow definitions), shared by the gRPC and HTTP front ends: parse,
 //! validate, propose through Raft, read with the requested consistency.
 
-use std::sync::Arc;
-
 use crate::api::error::ApiError;
+pub use crate::api::gateway::Consistency;
+use crate::api::gateway::Gateway;
 use crate::engine::definitions::{parse_json, FieldError, TaskDef, WorkflowDef};
-use crate::engine::{Command, CommandResponse};
-use crate::raft::proposer::{Committed, Proposer};
-use crate::storage::StateReader;
-
-/// How a read is served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Consistency {
-    /// This node's applied state (may lag the leader by a few entries).
-    #[default]
-    Local,
-    /// Sees every write acknowledged before the read began (confirmed with the leader and a quorum).
-    Linearizable,
-}
+use crate::engine::Command;
+use crate::raft::proposer::Committed;
 
 /// The metadata service behind both front ends.
 #[derive(Debug, Clone)]
 pub struct MetadataApi {
-    proposer: Arc<Proposer>,
-    reader: StateReader,
+    gateway: Gateway,
 }
 
 /// Parses one JSON document, prefixing the error path with `prefix` (e.g. `[2]`).
@@ -39,28 +27,17 @@ pub fn parse_document<T: serde::de::DeserializeOwned>(text: &str, prefix: &str) 
 }
 
 impl MetadataApi {
-    /// The service over this node's proposer and state.
-    pub fn new(proposer: Arc<Proposer>, reader: StateReader) -> Self {
-        MetadataApi { proposer, reader }
+    /// The service over this node's gateway.
+    pub fn new(gateway: Gateway) -> Self {
+        MetadataApi { gateway }
     }
 
     async fn write(&self, command: Command) -> Result<Committed, ApiError> {
-        let problems = command.validate();
-        if !problems.is_empty() {
-            return Err(ApiError::invalid_fields(problems));
-        }
-        let committed = self.proposer.propose(command).await?;
-        match committed.response {
-            CommandResponse::Done => Ok(committed),
-            CommandResponse::Rejected(rejection) => Err(rejection.into()),
-        }
+        self.gateway.write(command).await
     }
 
     async fn barrier(&self, consistency: Consistency) -> Result<(), ApiError> {
-        if consistency == Consistency::Linearizable {
-            self.proposer.linearizable_barrier().await?;
-        }
-        Ok(())
+        self.gateway.barrier(consistency).await
     }
 
     /// Creates or replaces task definitions.
@@ -86,13 +63,16 @@ impl MetadataApi {
     /// One task definition.
     pub async fn task_def(&self, name: &str, consistency: Consistency) -> Result<TaskDef, ApiError> {
         self.barrier(consistency).await?;
-        self.reader.task_def(name)?.ok_or_else(|| ApiError::NotFound(format!("no task definition named '{name}'")))
+        self.gateway
+            .reader()
+            .task_def(name)?
+            .ok_or_else(|| ApiError::NotFound(format!("no task definition named '{name}'")))
     }
 
     /// Every task definition.
     pub async fn task_defs(&self, consistency: Consistency) -> Result<Vec<TaskDef>, ApiError> {
         self.barrier(consistency).await?;
-        Ok(self.reader.task_defs()?)
+        Ok(self.gateway.reader().task_defs()?)
     }
 
     /// One workflow definition; the latest version when `version` is None.
@@ -103,7 +83,7 @@ impl MetadataApi {
         consistency: Consistency,
     ) -> Result<WorkflowDef, ApiError> {
         self.barrier(consistency).await?;
-        self.reader.workflow_def(name, version)?.ok_or_else(|| {
+        self.gateway.reader().workflow_def(name, version)?.ok_or_else(|| {
             ApiError::NotFound(match version {
                 Some(v) => format!("no workflow definition named '{name}' with version {v}"),
                 None => format!("no workflow definition named '{name}'"),
@@ -114,6 +94,6 @@ impl MetadataApi {
     /// Every version of every workflow definition.
     pub async fn workflow_defs(&self, consistency: Consistency) -> Result<Vec<WorkflowDef>, ApiError> {
         self.barrier(consistency).await?;
-        Ok(self.reader.workflow_defs()?)
+        Ok(self.gateway.reader().workflow_defs()?)
     }
 }

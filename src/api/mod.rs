@@ -4,7 +4,9 @@
 //! which forwards to the leader.
 
 pub mod error;
+pub mod gateway;
 pub mod grpc;
 pub mod http;
 pub mod metadata;
 pub mod status;
+pub mod workflows;

@@ -206,6 +206,24 @@ pub struct WorkflowTask {
 }
 
 impl WorkflowTask {
+    /// A type-specific string field kept in `extra` (`expression`, `loopCondition`, ...).
+    pub fn extra_str(&self, key: &str) -> Option<String> {
+        self.extra.get(key).and_then(Value::as_str).map(str::to_string)
+    }
+
+    /// A JOIN's `joinOn` reference names.
+    pub fn join_on(&self) -> Vec<String> {
+        match self.extra.get("joinOn") {
+            Some(Value::Array(refs)) => refs.iter().filter_map(|r| r.as_str().map(str::to_string)).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// A task definition given inline (`taskDefinition`), used when none is registered under the step's name.
+    pub fn embedded_task_def(&self) -> Option<TaskDef> {
+        self.extra.get("taskDefinition").and_then(|v| serde_json::from_value(v.clone()).ok())
+    }
+
     /// The steps nested inside this one (branches, fork lanes, loop body), in document order.
     pub fn children(&self) -> impl Iterator<Item = (String, &WorkflowTask)> {
         let cases = self.decision_cases.iter().flat_map(|(case, tasks)| {
@@ -384,23 +402,207 @@ pub fn validate_workflow_def(def: &WorkflowDef) -> Vec<FieldError> {
         if task.task_reference_name.trim().is_empty() {
             errors.push(FieldError::new(ref_path, "must not be empty"));
         } else if let Some(first) = seen.insert(task.task_reference_name.clone(), path.clone()) {
-            errors
-                .push(FieldError::new(ref_path, format!("'{}' is already used by {first}", task.task_reference_name)));
+            errors.push(FieldError::new(
+                ref_path,
+                format!("duplicate reference name \"{}\" (first used at {first})", task.task_reference_name),
+            ));
+        }
+        if task.task_reference_name.contains("__") {
+            errors.push(FieldError::new(
+                format!("{path}.taskReferenceName"),
+                "must not contain \"__\" (reserved for DO_WHILE iteration suffixes)",
+            ));
         }
         if !TASK_TYPES.contains(&task.task_type.as_str()) {
             errors.push(FieldError::new(
                 format!("{path}.type"),
                 format!("unknown task type '{}' (known: {})", task.task_type, TASK_TYPES.join(", ")),
             ));
+        } else if UNSUPPORTED_TASK_TYPES.contains(&task.task_type.as_str()) {
+            errors.push(FieldError::new(
+                format!("{path}.type"),
+                format!("task type {} is not supported yet (see README, \"What is not done\")", task.task_type),
+            ));
         }
         if let Some(delay) = task.start_delay {
             check_non_negative(&format!("{path}.startDelay"), delay, &mut errors);
+        }
+        check_type_fields(&path, task, &mut errors);
+        for problem in super::expr::check_template(&serde_json::to_value(&task.input_parameters).unwrap_or_default()) {
+            let at = if problem.path.is_empty() { String::new() } else { format!(".{}", problem.path) };
+            errors.push(FieldError::new(format!("{path}.inputParameters{at}"), problem.message));
         }
         let mut children: Vec<_> = task.children().map(|(p, t)| (format!("{path}.{p}"), t)).collect();
         children.reverse();
         stack.extend(children);
     }
+    for problem in super::expr::check_template(&serde_json::to_value(&def.output_parameters).unwrap_or_default()) {
+        let at = if problem.path.is_empty() { String::new() } else { format!(".{}", problem.path) };
+        errors.push(FieldError::new(format!("outputParameters{at}"), problem.message));
+    }
+    check_lists(&def.tasks, "tasks", &seen, &mut errors);
     errors
+}
+
+/// Task types that parse but that this version does not run; refused at registration rather than failing later.
+pub const UNSUPPORTED_TASK_TYPES: &[&str] = &["HTTP", "EVENT"];
+
+fn require_str(path: &str, task: &WorkflowTask, field: &str, errors: &mut Vec<FieldError>) -> Option<String> {
+    match task.extra_str(field) {
+        Some(v) if !v.trim().is_empty() => Some(v),
+        _ => {
+            errors.push(FieldError::new(
+                format!("{path}.{field}"),
+                format!("{field} field is required for taskType: {} taskName: {}", task.task_type, task.name),
+            ));
+            None
+        }
+    }
+}
+
+/// The fields each task type needs, and the expressions it carries that must parse.
+fn check_type_fields(path: &str, task: &WorkflowTask, errors: &mut Vec<FieldError>) {
+    let js = |errors: &mut Vec<FieldError>, field: &str, expr: &str| {
+        if let Err(e) = super::script::check(expr) {
+            errors.push(FieldError::new(format!("{path}.{field}"), format!("Expression is not well formatted: {e}")));
+        }
+    };
+    match task.task_type.as_str() {
+        "SWITCH" => {
+            let evaluator = require_str(path, task, "evaluatorType", errors);
+            let expression = require_str(path, task, "expression", errors);
+            match (evaluator.as_deref(), expression) {
+                (Some("javascript" | "graaljs"), Some(e)) => js(errors, "expression", &e),
+                (Some("value-param"), _) | (None, _) => {}
+                (Some(other), _) => errors.push(FieldError::new(
+                    format!("{path}.evaluatorType"),
+                    format!("unknown evaluatorType '{other}' (known: value-param, javascript, graaljs)"),
+                )),
+            }
+        }
+        "DECISION" => {
+            let case_expr = task.extra_str("caseExpression");
+            if task.extra_str("caseValueParam").is_none() && case_expr.is_none() {
+                errors.push(FieldError::new(
+                    format!("{path}.caseValueParam"),
+                    format!(
+                        "caseValueParam or caseExpression field is required for taskType: DECISION taskName: {}",
+                        task.name
+                    ),
+                ));
+            }
+            if let Some(e) = case_expr {
+                js(errors, "caseExpression", &e);
+            }
+        }
+        "DO_WHILE" => {
+            if let Some(cond) = require_str(path, task, "loopCondition", errors) {
+                js(errors, "loopCondition", &cond);
+            }
+            if task.loop_over.is_empty() {
+                errors.push(FieldError::new(format!("{path}.loopOver"), "loopOver must hold at least one task"));
+            }
+        }
+        "FORK_JOIN" | "FORK" if task.fork_tasks.iter().all(Vec::is_empty) => {
+            errors.push(FieldError::new(format!("{path}.forkTasks"), "forkTasks must hold at least one task"));
+        }
+        "FORK_JOIN_DYNAMIC" => {
+            require_str(path, task, "dynamicForkTasksParam", errors);
+            require_str(path, task, "dynamicForkTasksInputParamName", errors);
+        }
+        "DYNAMIC" => {
+            require_str(path, task, "dynamicTaskNameParam", errors);
+        }
+        "SUB_WORKFLOW" => match task.extra.get("subWorkflowParam") {
+            Some(Value::Object(param)) => {
+                let has_name = param.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+                if !has_name && !param.contains_key("workflowDefinition") {
+                    errors.push(FieldError::new(
+                        format!("{path}.subWorkflowParam.name"),
+                        "a sub-workflow needs a name or an inline workflowDefinition",
+                    ));
+                }
+            }
+            _ => errors.push(FieldError::new(
+                format!("{path}.subWorkflowParam"),
+                format!("subWorkflowParam field is required for taskType: SUB_WORKFLOW taskName: {}", task.name),
+            )),
+        },
+        "TERMINATE" => {
+            let status = task.input_parameters.get("terminationStatus").and_then(Value::as_str);
+            if !matches!(status, Some("COMPLETED" | "FAILED" | "TERMINATED")) {
+                errors.push(FieldError::new(
+                    format!("{path}.inputParameters.terminationStatus"),
+                    "must be COMPLETED, FAILED or TERMINATED",
+                ));
+            }
+            if task.optional {
+                errors.push(FieldError::new(format!("{path}.optional"), "a TERMINATE task cannot be optional"));
+            }
+        }
+        "JSON_JQ_TRANSFORM" => match task.input_parameters.get("queryExpression").and_then(Value::as_str) {
+            Some(q) if !q.contains("${") => {
+                if let Err(e) = super::jq::check(q) {
+                    errors.push(FieldError::new(format!("{path}.inputParameters.queryExpression"), e.to_string()));
+                }
+            }
+            Some(_) => {}
+            None => errors.push(FieldError::new(
+                format!("{path}.inputParameters.queryExpression"),
+                "queryExpression is required for JSON_JQ_TRANSFORM",
+            )),
+        },
+        "INLINE" => match task.input_parameters.get("expression").and_then(Value::as_str) {
+            Some(e) if !e.contains("${") => js(errors, "inputParameters.expression", e),
+            Some(_) => {}
+            None => errors.push(FieldError::new(
+                format!("{path}.inputParameters.expression"),
+                "expression is required for INLINE",
+            )),
+        },
+        "WAIT" if task.input_parameters.contains_key("duration") && task.input_parameters.contains_key("until") => {
+            errors.push(FieldError::new(
+                format!("{path}.inputParameters"),
+                "Both 'duration' and 'until' specified. Please provide only one input",
+            ));
+        }
+        _ => {}
+    }
+}
+
+/// Checks that need a whole list: a FORK_JOIN is followed by a JOIN, and every joinOn names a known reference.
+fn check_lists(list: &[WorkflowTask], path: &str, refs: &BTreeMap<String, String>, errors: &mut Vec<FieldError>) {
+    for (i, task) in list.iter().enumerate() {
+        let here = format!("{path}[{i}]");
+        if matches!(task.task_type.as_str(), "FORK_JOIN" | "FORK" | "FORK_JOIN_DYNAMIC")
+            && list.get(i + 1).map(|n| n.task_type.as_str()) != Some("JOIN")
+        {
+            errors.push(FieldError::new(
+                format!("{here}.type"),
+                format!("a {} must be followed by a JOIN task", task.task_type),
+            ));
+        }
+        if task.task_type == "JOIN" {
+            for (j, r) in task.join_on().iter().enumerate() {
+                if !refs.contains_key(r) {
+                    errors.push(FieldError::new(
+                        format!("{here}.joinOn[{j}]"),
+                        format!("joinOn names \"{r}\", which is not a task reference in this workflow"),
+                    ));
+                }
+            }
+        }
+        for (sub, child_list) in task
+            .decision_cases
+            .iter()
+            .map(|(case, l)| (format!("{here}.decisionCases.{case}"), l))
+            .chain(std::iter::once((format!("{here}.defaultCase"), &task.default_case)))
+            .chain(task.fork_tasks.iter().enumerate().map(|(lane, l)| (format!("{here}.forkTasks[{lane}]"), l)))
+            .chain(std::iter::once((format!("{here}.loopOver"), &task.loop_over)))
+        {
+            check_lists(child_list, &sub, refs, errors);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -468,10 +670,12 @@ mod tests {
             [
                 "tasks[1].forkTasks[0][0].taskReferenceName",
                 "tasks[1].forkTasks[1][0].taskReferenceName",
-                "tasks[2].type"
+                "tasks[2].type",
+                // The FORK_JOIN is not followed by a JOIN.
+                "tasks[1].type"
             ]
         );
-        assert!(errors[0].message.contains("tasks[0]"), "{}", errors[0].message);
+        assert_eq!(errors[0].message, "duplicate reference name \"a\" (first used at tasks[0])");
     }
 
     #[test]

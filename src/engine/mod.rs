@@ -12,10 +12,23 @@
 //! not be read, which is fatal for the node.
 
 pub mod definitions;
+pub mod exec;
+pub mod expr;
+pub mod jq;
+pub mod model;
+pub mod ops;
+pub mod references;
+pub mod script;
+#[cfg(test)]
+mod tests;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use definitions::{validate_task_def, validate_workflow_def, FieldError, TaskDef, WorkflowDef};
+use exec::{Exec, Refusal};
+use model::Workflow;
+use ops::{StartWorkflow, TaskUpdate};
 
 /// A state change a client asked for. One variant per operation; each is applied atomically.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +55,89 @@ pub enum Command {
         /// The definitions, applied in order.
         defs: Vec<WorkflowDef>,
     },
+    /// Start a workflow.
+    StartWorkflow(StartWorkflow),
+    /// A worker took a scheduled task (step 3 adds the lease).
+    StartTask {
+        /// The workflow.
+        workflow_id: String,
+        /// The task.
+        task_id: String,
+        /// The worker.
+        worker_id: String,
+    },
+    /// A worker's or operator's update of a task.
+    UpdateTask {
+        /// The workflow.
+        workflow_id: String,
+        /// The task.
+        task_id: String,
+        /// The update.
+        update: TaskUpdate,
+    },
+    /// Complete or fail the pending task with a reference name (WAIT, HUMAN).
+    SignalTask {
+        /// The workflow.
+        workflow_id: String,
+        /// The task's reference name.
+        task_ref: String,
+        /// The update.
+        update: TaskUpdate,
+    },
+    /// Terminate a workflow.
+    Terminate {
+        /// The workflow.
+        workflow_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// Pause a workflow.
+    Pause {
+        /// The workflow.
+        workflow_id: String,
+    },
+    /// Resume a paused workflow.
+    Resume {
+        /// The workflow.
+        workflow_id: String,
+    },
+    /// Retry a failed workflow from its failed tasks.
+    Retry {
+        /// The workflow.
+        workflow_id: String,
+    },
+    /// Restart a finished workflow from the beginning.
+    Restart {
+        /// The workflow.
+        workflow_id: String,
+        /// Use the latest registered definition instead of the one it ran.
+        use_latest_definition: bool,
+    },
+    /// Rerun a finished workflow from one of its tasks.
+    Rerun {
+        /// The workflow.
+        workflow_id: String,
+        /// The task to run again.
+        from_task_id: String,
+        /// New input for that task.
+        task_input: Option<Map<String, Value>>,
+        /// New input for the workflow.
+        workflow_input: Option<Map<String, Value>>,
+    },
+    /// Skip a pending task.
+    SkipTask {
+        /// The workflow.
+        workflow_id: String,
+        /// The task's reference name.
+        task_ref: String,
+        /// The output to record.
+        output: Map<String, Value>,
+    },
+    /// Apply the timeouts that are due (proposed by the leader's timers).
+    Tick {
+        /// The workflow.
+        workflow_id: String,
+    },
 }
 
 impl Command {
@@ -52,6 +148,18 @@ impl Command {
             Command::UpdateTaskDef { .. } => "update_task_def",
             Command::RegisterWorkflowDef { .. } => "register_workflow_def",
             Command::UpdateWorkflowDefs { .. } => "update_workflow_defs",
+            Command::StartWorkflow(_) => "start_workflow",
+            Command::StartTask { .. } => "start_task",
+            Command::UpdateTask { .. } => "update_task",
+            Command::SignalTask { .. } => "signal_task",
+            Command::Terminate { .. } => "terminate",
+            Command::Pause { .. } => "pause",
+            Command::Resume { .. } => "resume",
+            Command::Retry { .. } => "retry",
+            Command::Restart { .. } => "restart",
+            Command::Rerun { .. } => "rerun",
+            Command::SkipTask { .. } => "skip_task",
+            Command::Tick { .. } => "tick",
         }
     }
 
@@ -87,6 +195,20 @@ impl Command {
                 }
                 errors
             }
+            Command::StartWorkflow(req) => match &req.definition {
+                Some(def) => validate_workflow_def(def)
+                    .into_iter()
+                    .map(|e| FieldError { path: format!("workflowDef.{}", e.path), message: e.message })
+                    .collect(),
+                None if req.name.is_empty() => {
+                    vec![FieldError {
+                        path: "name".into(),
+                        message: "a workflow name or an inline workflowDef is required".into(),
+                    }]
+                }
+                None => Vec::new(),
+            },
+            _ => Vec::new(),
         }
     }
 }
@@ -105,6 +227,11 @@ pub struct Proposal {
 pub enum CommandResponse {
     /// Applied.
     Done,
+    /// A workflow was started with this id.
+    WorkflowStarted {
+        /// The new workflow's id.
+        workflow_id: String,
+    },
     /// Refused; nothing changed.
     Rejected(Rejection),
 }
@@ -129,11 +256,17 @@ pub enum RejectionKind {
     NotFound,
     /// The thing to create exists already.
     AlreadyExists,
+    /// The operation does not apply in the current state (e.g. terminating a finished workflow).
+    Conflict,
 }
 
 impl Rejection {
     fn new(kind: RejectionKind, message: impl Into<String>) -> Self {
         Rejection { kind, message: message.into(), field_errors: Vec::new() }
+    }
+
+    fn invalid(field_errors: Vec<FieldError>) -> Self {
+        Rejection { kind: RejectionKind::Invalid, message: "invalid workflow definition".into(), field_errors }
     }
 }
 
@@ -144,6 +277,8 @@ pub enum Mutation {
     PutTaskDef(TaskDef),
     /// Write (create or replace) a workflow definition, keyed by name and version.
     PutWorkflowDef(WorkflowDef),
+    /// Write (create or replace) a workflow execution, keyed by id.
+    PutWorkflow(Box<Workflow>),
 }
 
 /// The state could not be read. Fatal for the node: applying must stop rather than diverge.
@@ -157,6 +292,10 @@ pub trait StateView {
     fn task_def(&self, name: &str) -> Result<Option<TaskDef>, StateError>;
     /// The workflow definition of that name and version.
     fn workflow_def(&self, name: &str, version: u32) -> Result<Option<WorkflowDef>, StateError>;
+    /// The highest version of the workflow definition of that name.
+    fn latest_workflow_def(&self, name: &str) -> Result<Option<WorkflowDef>, StateError>;
+    /// The workflow execution with that id.
+    fn workflow(&self, id: &str) -> Result<Option<Workflow>, StateError>;
 }
 
 /// The result of applying one proposal.
@@ -203,6 +342,10 @@ pub fn apply(state: &impl StateView, proposal: &Proposal) -> Result<Applied, Sta
             mutations.push(Mutation::PutTaskDef(stamp(def, Some(&existing), at_ms)));
         }
         Command::RegisterWorkflowDef { def, overwrite } => {
+            let problems = references::check(state, def, &[])?;
+            if !problems.is_empty() {
+                return Ok(Applied::rejected(Rejection::invalid(problems)));
+            }
             let existing = state.workflow_def(&def.name, workflow_version(def))?;
             if existing.is_some() && !overwrite {
                 return Ok(Applied::rejected(Rejection::new(
@@ -213,13 +356,73 @@ pub fn apply(state: &impl StateView, proposal: &Proposal) -> Result<Applied, Sta
             mutations.push(Mutation::PutWorkflowDef(stamp(def, existing.as_ref(), at_ms)));
         }
         Command::UpdateWorkflowDefs { defs } => {
+            let mut problems = Vec::new();
+            for (i, def) in defs.iter().enumerate() {
+                let prefix = if defs.len() > 1 { format!("[{i}].") } else { String::new() };
+                for e in references::check(state, def, defs)? {
+                    problems.push(FieldError { path: format!("{prefix}{}", e.path), message: e.message });
+                }
+            }
+            if !problems.is_empty() {
+                return Ok(Applied::rejected(Rejection::invalid(problems)));
+            }
             for def in defs {
                 let existing = state.workflow_def(&def.name, workflow_version(def))?;
                 mutations.push(Mutation::PutWorkflowDef(stamp(def, existing.as_ref(), at_ms)));
             }
         }
+        workflow_command => return apply_workflow_command(state, at_ms, workflow_command),
     }
     Ok(Applied { mutations, response: CommandResponse::Done })
+}
+
+fn apply_workflow_command(state: &impl StateView, at_ms: u64, command: &Command) -> Result<Applied, StateError> {
+    let mut exec = Exec::new(state, at_ms);
+    let outcome: Result<CommandResponse, Refusal> = match command {
+        Command::StartWorkflow(req) => {
+            exec.op_start(req)?.map(|workflow_id| CommandResponse::WorkflowStarted { workflow_id })
+        }
+        Command::StartTask { workflow_id, task_id, worker_id } => {
+            exec.op_start_task(workflow_id, task_id, worker_id)?.map(|()| CommandResponse::Done)
+        }
+        Command::UpdateTask { workflow_id, task_id, update } => {
+            exec.op_update_task(workflow_id, task_id, update)?.map(|()| CommandResponse::Done)
+        }
+        Command::SignalTask { workflow_id, task_ref, update } => {
+            exec.op_signal(workflow_id, task_ref, update)?.map(|()| CommandResponse::Done)
+        }
+        Command::Terminate { workflow_id, reason } => {
+            exec.op_terminate(workflow_id, reason)?.map(|()| CommandResponse::Done)
+        }
+        Command::Pause { workflow_id } => exec.op_pause(workflow_id)?.map(|()| CommandResponse::Done),
+        Command::Resume { workflow_id } => exec.op_resume(workflow_id)?.map(|()| CommandResponse::Done),
+        Command::Retry { workflow_id } => exec.op_retry(workflow_id)?.map(|()| CommandResponse::Done),
+        Command::Restart { workflow_id, use_latest_definition } => {
+            exec.op_restart(workflow_id, *use_latest_definition)?.map(|()| CommandResponse::Done)
+        }
+        Command::Rerun { workflow_id, from_task_id, task_input, workflow_input } => exec
+            .op_rerun(workflow_id, from_task_id, task_input.as_ref(), workflow_input.as_ref())?
+            .map(|()| CommandResponse::Done),
+        Command::SkipTask { workflow_id, task_ref, output } => {
+            exec.op_skip(workflow_id, task_ref, output)?.map(|()| CommandResponse::Done)
+        }
+        Command::Tick { workflow_id } => exec.op_tick(workflow_id)?.map(|()| CommandResponse::Done),
+        Command::RegisterTaskDefs { .. }
+        | Command::UpdateTaskDef { .. }
+        | Command::RegisterWorkflowDef { .. }
+        | Command::UpdateWorkflowDefs { .. } => unreachable!("metadata commands are applied by apply()"),
+    };
+    match outcome {
+        Ok(response) => Ok(Applied { mutations: exec.finish()?, response }),
+        Err(refusal) => {
+            let (kind, message) = match refusal {
+                Refusal::NotFound(m) => (RejectionKind::NotFound, m),
+                Refusal::Conflict(m) => (RejectionKind::Conflict, m),
+                Refusal::Invalid(m) => (RejectionKind::Invalid, m),
+            };
+            Ok(Applied::rejected(Rejection::new(kind, message)))
+        }
+    }
 }
 
 /// A validated definition's version as the key uses it (validation bounds it to 1..=u32::MAX).
@@ -263,7 +466,7 @@ fn stamp<T: Timestamped>(def: &T, existing: Option<&T>, at_ms: u64) -> T {
 }
 
 #[cfg(test)]
-mod tests {
+mod metadata_tests {
     use std::collections::BTreeMap;
 
     use super::definitions::parse_json;
@@ -283,6 +486,16 @@ mod tests {
         fn workflow_def(&self, name: &str, version: u32) -> Result<Option<WorkflowDef>, StateError> {
             Ok(self.workflow_defs.get(&(name.to_string(), version)).cloned())
         }
+        fn latest_workflow_def(&self, name: &str) -> Result<Option<WorkflowDef>, StateError> {
+            Ok(self
+                .workflow_defs
+                .range((name.to_string(), 0)..=(name.to_string(), u32::MAX))
+                .last()
+                .map(|(_, d)| d.clone()))
+        }
+        fn workflow(&self, _id: &str) -> Result<Option<Workflow>, StateError> {
+            Ok(None)
+        }
     }
 
     impl MemState {
@@ -295,6 +508,7 @@ mod tests {
                     Mutation::PutWorkflowDef(d) => {
                         self.workflow_defs.insert((d.name.clone(), workflow_version(d)), d.clone());
                     }
+                    Mutation::PutWorkflow(_) => {}
                 }
             }
         }
@@ -337,12 +551,44 @@ mod tests {
     #[test]
     fn workflow_register_refuses_duplicates_unless_overwrite() {
         let mut state = MemState::default();
+        run(&mut state, 0, Command::RegisterTaskDefs { defs: vec![task_def("t")] });
         let register = |overwrite| Command::RegisterWorkflowDef { def: workflow_def("wf", 1), overwrite };
         assert_eq!(run(&mut state, 1, register(false)), CommandResponse::Done);
         let again = run(&mut state, 2, register(false));
         assert!(matches!(again, CommandResponse::Rejected(r) if r.kind == RejectionKind::AlreadyExists));
         assert_eq!(run(&mut state, 3, register(true)), CommandResponse::Done);
         assert_eq!(state.workflow_defs[&("wf".to_string(), 1)].update_time, Some(3));
+    }
+
+    #[test]
+    fn workflow_defs_naming_unknown_task_defs_or_sub_workflows_are_refused() {
+        let mut state = MemState::default();
+        let def: WorkflowDef = parse_json(
+            r#"{"name":"wf","tasks":[{"name":"ghost","taskReferenceName":"g"},
+                {"name":"s","taskReferenceName":"s","type":"SUB_WORKFLOW","subWorkflowParam":{"name":"nowhere"}}]}"#,
+        )
+        .expect("parses");
+        let response = run(&mut state, 1, Command::RegisterWorkflowDef { def, overwrite: false });
+        let CommandResponse::Rejected(rejection) = response else { panic!("expected a rejection") };
+        let paths: Vec<_> = rejection.field_errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["tasks[0].name", "tasks[1].subWorkflowParam.name"]);
+        assert!(state.workflow_defs.is_empty());
+    }
+
+    #[test]
+    fn recursive_sub_workflow_chains_are_refused() {
+        let mut state = MemState::default();
+        let sub = |name: &str, child: &str| -> WorkflowDef {
+            parse_json(&format!(
+                r#"{{"name":"{name}","tasks":[{{"name":"s","taskReferenceName":"s","type":"SUB_WORKFLOW","subWorkflowParam":{{"name":"{child}"}}}}]}}"#
+            ))
+            .expect("parses")
+        };
+        // a -> b and b -> a registered together: each names the other.
+        let response = run(&mut state, 1, Command::UpdateWorkflowDefs { defs: vec![sub("a", "b"), sub("b", "a")] });
+        let CommandResponse::Rejected(rejection) = response else { panic!("expected a rejection") };
+        assert!(rejection.field_errors[0].message.contains("recursive"), "{:?}", rejection.field_errors);
+        assert!(state.workflow_defs.is_empty());
     }
 
     #[test]

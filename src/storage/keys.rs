@@ -50,6 +50,8 @@ pub enum Table {
     TaskDef = 1,
     /// Workflow definitions by name and version.
     WorkflowDef = 2,
+    /// Workflow executions (with their tasks) by id.
+    Workflow = 3,
 }
 
 /// `raft_log` key of a log index.
@@ -89,6 +91,13 @@ pub fn workflow_def_versions(partition: u16, name: &str) -> Vec<u8> {
 pub fn workflow_def(partition: u16, name: &str, version: u32) -> Vec<u8> {
     let mut key = workflow_def_versions(partition, name);
     key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+/// Key of a workflow execution.
+pub fn workflow(partition: u16, id: &str) -> Vec<u8> {
+    let mut key = table_prefix(partition, Table::Workflow);
+    key.extend_from_slice(id.as_bytes());
     key
 }
 

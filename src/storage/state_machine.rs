@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::{codec, keys, Db};
 use crate::engine::definitions::{TaskDef, WorkflowDef};
+use crate::engine::model::Workflow;
 use crate::engine::{self, CommandResponse, Mutation, StateError, StateView};
 use crate::raft::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
@@ -81,6 +82,11 @@ impl StateReader {
             Some(v) => read_record(&self.db, &keys::workflow_def(keys::PARTITION_0, name, v)),
             None => Ok(scan(&self.db, &keys::workflow_def_versions(keys::PARTITION_0, name))?.pop()),
         }
+    }
+
+    /// The workflow execution with that id.
+    pub fn workflow(&self, id: &str) -> Result<Option<Workflow>, ReadError> {
+        read_record(&self.db, &keys::workflow(keys::PARTITION_0, id))
     }
 
     /// Every version of every workflow definition, by name then version.
@@ -149,6 +155,15 @@ impl StateView for RocksView<'_> {
         read_record(self.0, &keys::workflow_def(keys::PARTITION_0, name, version))
             .map_err(|e| StateError(e.to_string()))
     }
+
+    fn latest_workflow_def(&self, name: &str) -> Result<Option<WorkflowDef>, StateError> {
+        let versions: Result<Vec<WorkflowDef>, _> = scan(self.0, &keys::workflow_def_versions(keys::PARTITION_0, name));
+        versions.map(|mut v| v.pop()).map_err(|e| StateError(e.to_string()))
+    }
+
+    fn workflow(&self, id: &str) -> Result<Option<Workflow>, StateError> {
+        read_record(self.0, &keys::workflow(keys::PARTITION_0, id)).map_err(|e| StateError(e.to_string()))
+    }
 }
 
 /// The state machine openraft drives.
@@ -186,6 +201,9 @@ impl StateMachineStore {
                 keys::workflow_def(keys::PARTITION_0, &def.name, engine::workflow_version(def)),
                 codec::encode(def)?,
             ),
+            Mutation::PutWorkflow(wf) => {
+                batch.put_cf(cf, keys::workflow(keys::PARTITION_0, &wf.workflow_id), codec::encode(wf.as_ref())?)
+            }
         }
         Ok(())
     }

@@ -1,0 +1,145 @@
+//! Workflow operations shared by the front ends: start (by name or with an inline definition: a routing slip),
+//! read, terminate, pause, resume, retry, restart, rerun, skip, and task updates, in Conductor's request shapes.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::api::error::ApiError;
+use crate::api::gateway::{Consistency, Gateway};
+use crate::engine::definitions::WorkflowDef;
+use crate::engine::model::{TaskStatus, Workflow};
+use crate::engine::ops::{StartWorkflow, TaskUpdate};
+use crate::engine::{Command, CommandResponse};
+
+/// Conductor's `StartWorkflowRequest`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StartWorkflowRequest {
+    /// The registered definition's name (or the inline definition's).
+    #[serde(default)]
+    pub name: String,
+    /// Version; the latest when absent.
+    pub version: Option<u32>,
+    /// The caller's correlation id.
+    pub correlation_id: Option<String>,
+    /// The input.
+    #[serde(default)]
+    pub input: Map<String, Value>,
+    /// Task type -> domain.
+    #[serde(default)]
+    pub task_to_domain: BTreeMap<String, String>,
+    /// An inline definition: run it without registering it.
+    pub workflow_def: Option<WorkflowDef>,
+    /// Priority 0-99.
+    #[serde(default)]
+    pub priority: u32,
+}
+
+/// Conductor's `TaskResult`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskResult {
+    /// The workflow.
+    pub workflow_instance_id: String,
+    /// The task.
+    pub task_id: String,
+    /// IN_PROGRESS, COMPLETED, FAILED or FAILED_WITH_TERMINAL_ERROR.
+    pub status: TaskStatus,
+    /// Output data.
+    #[serde(default)]
+    pub output_data: Map<String, Value>,
+    /// Why it failed.
+    pub reason_for_incompletion: Option<String>,
+    /// For IN_PROGRESS: poll again after this many seconds.
+    #[serde(default)]
+    pub callback_after_seconds: u64,
+    /// The worker.
+    pub worker_id: Option<String>,
+}
+
+impl From<&TaskResult> for TaskUpdate {
+    fn from(r: &TaskResult) -> Self {
+        TaskUpdate {
+            status: r.status,
+            output: r.output_data.clone(),
+            reason: r.reason_for_incompletion.clone(),
+            callback_after_seconds: r.callback_after_seconds,
+            worker_id: r.worker_id.clone(),
+        }
+    }
+}
+
+/// Conductor's `RerunWorkflowRequest`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RerunWorkflowRequest {
+    /// The task to rerun from.
+    pub re_run_from_task_id: String,
+    /// New input for that task.
+    pub task_input: Option<Map<String, Value>>,
+    /// New workflow input.
+    pub workflow_input: Option<Map<String, Value>>,
+}
+
+/// The workflow service behind the front ends.
+#[derive(Debug, Clone)]
+pub struct WorkflowApi {
+    gateway: Gateway,
+}
+
+impl WorkflowApi {
+    /// The service over this node's gateway.
+    pub fn new(gateway: Gateway) -> Self {
+        WorkflowApi { gateway }
+    }
+
+    /// Starts a workflow; answers its id. The id is drawn here (randomness stays out of the engine).
+    pub async fn start(&self, req: StartWorkflowRequest) -> Result<String, ApiError> {
+        let start = StartWorkflow {
+            workflow_id: uuid::Uuid::new_v4().to_string(),
+            name: req.workflow_def.as_ref().map_or(req.name.clone(), |d| d.name.clone()),
+            version: req.version,
+            definition: req.workflow_def,
+            input: req.input,
+            correlation_id: req.correlation_id,
+            priority: req.priority,
+            task_to_domain: req.task_to_domain,
+        };
+        let committed = self.gateway.write(Command::StartWorkflow(start)).await?;
+        match committed.response {
+            CommandResponse::WorkflowStarted { workflow_id } => Ok(workflow_id),
+            other => Err(ApiError::Internal(format!("start answered {other:?}"))),
+        }
+    }
+
+    /// One workflow, with or without its tasks.
+    pub async fn get(&self, id: &str, include_tasks: bool, consistency: Consistency) -> Result<Workflow, ApiError> {
+        self.gateway.barrier(consistency).await?;
+        let mut wf = self
+            .gateway
+            .reader()
+            .workflow(id)?
+            .ok_or_else(|| ApiError::NotFound(format!("workflow {id} not found")))?;
+        if !include_tasks {
+            wf.tasks.clear();
+        }
+        Ok(wf)
+    }
+
+    /// Runs one workflow command.
+    pub async fn command(&self, command: Command) -> Result<(), ApiError> {
+        self.gateway.write(command).await.map(|_| ())
+    }
+
+    /// Applies a worker's task result.
+    pub async fn update_task(&self, result: &TaskResult) -> Result<(), ApiError> {
+        self.command(Command::UpdateTask {
+            workflow_id: result.workflow_instance_id.clone(),
+            task_id: result.task_id.clone(),
+            update: result.into(),
+        })
+        .await
+    }
+}

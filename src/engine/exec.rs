@@ -1,0 +1,1320 @@
+//! Executing workflows: the context one command runs in ([`Exec`]), the decider that schedules what comes next
+//! after each change, and the system tasks the engine runs itself (SWITCH, FORK/JOIN, DO_WHILE, SET_VARIABLE, ...).
+//!
+//! Everything is deterministic: "now" is the command's `at_ms`, new ids are derived from existing ids, JavaScript
+//! sees a frozen clock, and maps are ordered. Owns the rules of "what runs next"; must not touch storage (it reads
+//! through [`StateView`] and hands back changed workflows as mutations).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::definitions::{TaskDef, WorkflowDef, WorkflowTask};
+use super::model::{Task, TaskStatus, Workflow, WorkflowStatus};
+use super::{expr, jq, script, Mutation, StateError, StateView};
+
+/// Most tasks one command may schedule in one workflow: a guard against definitions that loop through system
+/// tasks forever (a DO_WHILE of SET_VARIABLEs whose condition never turns false).
+pub const MAX_TASKS_PER_DECISION: usize = 1000;
+
+/// A deterministic UUID-shaped id derived from `seed` (sub-workflow and task ids).
+pub fn derive_id(seed: &str) -> String {
+    let digest = Sha256::digest(seed.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid().hyphenated().to_string()
+}
+
+/// Where a step sits in its definition: the list that holds it and what owns that list.
+#[derive(Debug, Clone)]
+struct Slot {
+    container: Container,
+    /// The reference names of the list, in order.
+    siblings: Vec<String>,
+    index: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Container {
+    Top,
+    /// A SWITCH/DECISION branch; the owner is the switch's reference.
+    Case(String),
+    /// A FORK_JOIN lane.
+    Fork,
+    /// A DO_WHILE body; the owner is the loop's reference.
+    Loop(String),
+}
+
+/// What follows a finished step.
+#[derive(Debug, Clone, PartialEq)]
+enum Next {
+    /// Schedule this step.
+    Step(String),
+    /// The end of a DO_WHILE body: evaluate the loop.
+    LoopEnd(String),
+    /// Nothing (end of the workflow's list, or of a fork lane).
+    Nothing,
+}
+
+/// Every step of a definition by reference name, with its place.
+#[derive(Debug, Clone, Default)]
+pub struct DefIndex {
+    steps: BTreeMap<String, (WorkflowTask, Slot)>,
+}
+
+impl DefIndex {
+    /// Indexes a definition.
+    pub fn new(def: &WorkflowDef) -> Self {
+        let mut index = DefIndex::default();
+        index.add_list(&def.tasks, Container::Top);
+        index
+    }
+
+    fn add_list(&mut self, list: &[WorkflowTask], container: Container) {
+        let siblings: Vec<String> = list.iter().map(|t| t.task_reference_name.clone()).collect();
+        for (i, task) in list.iter().enumerate() {
+            let slot = Slot { container: container.clone(), siblings: siblings.clone(), index: i };
+            self.steps.insert(task.task_reference_name.clone(), (task.clone(), slot));
+            for tasks in task.decision_cases.values() {
+                self.add_list(tasks, Container::Case(task.task_reference_name.clone()));
+            }
+            self.add_list(&task.default_case, Container::Case(task.task_reference_name.clone()));
+            for lane in &task.fork_tasks {
+                self.add_list(lane, Container::Fork);
+            }
+            self.add_list(&task.loop_over, Container::Loop(task.task_reference_name.clone()));
+        }
+    }
+
+    /// The step with this reference name.
+    pub fn step(&self, reference: &str) -> Option<&WorkflowTask> {
+        self.steps.get(reference).map(|(t, _)| t)
+    }
+
+    fn next_after(&self, reference: &str) -> Next {
+        let Some((_, slot)) = self.steps.get(reference) else { return Next::Nothing };
+        if let Some(sibling) = slot.siblings.get(slot.index + 1) {
+            return Next::Step(sibling.clone());
+        }
+        match &slot.container {
+            Container::Top | Container::Fork => Next::Nothing,
+            Container::Case(owner) => self.next_after(owner),
+            Container::Loop(owner) => Next::LoopEnd(owner.clone()),
+        }
+    }
+}
+
+/// The context one command executes in: the state as of before the command, the command's time, and every
+/// workflow the command loaded or created (written back as mutations at the end).
+pub struct Exec<'s, S: StateView> {
+    state: &'s S,
+    /// The command's time, ms since the Unix epoch.
+    pub now_ms: u64,
+    workflows: BTreeMap<String, Workflow>,
+    dirty: BTreeSet<String>,
+    task_defs: BTreeMap<String, Option<TaskDef>>,
+    /// Workflows whose status or tasks changed and must be decided again (parents of finished children...).
+    to_decide: BTreeSet<String>,
+    /// The workflow being ended was ended by an operator (no failure workflow).
+    ending_by_operator: bool,
+}
+
+/// A refusal from an operation: the engine's deterministic "no".
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// The workflow or task does not exist.
+    NotFound(String),
+    /// The operation does not apply in the current state (terminal workflow, wrong task status...).
+    Conflict(String),
+    /// The request is malformed.
+    Invalid(String),
+}
+
+/// Result of an operation: Ok, a refusal, or a fatal state read error.
+pub type OpResult<T> = Result<Result<T, Refusal>, StateError>;
+
+impl<'s, S: StateView> Exec<'s, S> {
+    /// A context over `state` at time `now_ms`.
+    pub fn new(state: &'s S, now_ms: u64) -> Self {
+        Exec {
+            state,
+            now_ms,
+            workflows: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            task_defs: BTreeMap::new(),
+            to_decide: BTreeSet::new(),
+            ending_by_operator: false,
+        }
+    }
+
+    /// The state as of before this command.
+    pub fn state(&self) -> &'s S {
+        self.state
+    }
+
+    /// The workflow, loading it on first use.
+    pub fn workflow(&mut self, id: &str) -> Result<Option<&mut Workflow>, StateError> {
+        if !self.workflows.contains_key(id) {
+            match self.state.workflow(id)? {
+                Some(wf) => {
+                    self.workflows.insert(id.to_string(), wf);
+                }
+                None => return Ok(None),
+            }
+        }
+        self.dirty.insert(id.to_string());
+        Ok(self.workflows.get_mut(id))
+    }
+
+    /// Adds a workflow created by this command.
+    pub fn insert(&mut self, workflow: Workflow) {
+        self.dirty.insert(workflow.workflow_id.clone());
+        self.workflows.insert(workflow.workflow_id.clone(), workflow);
+    }
+
+    /// Whether a workflow id is taken (in the state or created by this command).
+    pub fn exists(&mut self, id: &str) -> Result<bool, StateError> {
+        Ok(self.workflows.contains_key(id) || self.state.workflow(id)?.is_some())
+    }
+
+    /// The registered task definition of that name.
+    pub fn task_def(&mut self, name: &str) -> Result<Option<TaskDef>, StateError> {
+        if let Some(def) = self.task_defs.get(name) {
+            return Ok(def.clone());
+        }
+        let def = self.state.task_def(name)?;
+        self.task_defs.insert(name.to_string(), def.clone());
+        Ok(def)
+    }
+
+    /// The registered workflow definition: that version, or the latest.
+    pub fn workflow_def(&mut self, name: &str, version: Option<u32>) -> Result<Option<WorkflowDef>, StateError> {
+        match version {
+            Some(v) => self.state.workflow_def(name, v),
+            None => self.state.latest_workflow_def(name),
+        }
+    }
+
+    /// Marks a workflow for another decision round before the command ends.
+    pub fn schedule_decide(&mut self, id: &str) {
+        self.to_decide.insert(id.to_string());
+    }
+
+    /// Runs pending decisions (cascading to parents), then hands back every changed workflow.
+    pub fn finish(mut self) -> Result<Vec<Mutation>, StateError> {
+        let mut rounds = 0;
+        while let Some(id) = self.to_decide.pop_first() {
+            rounds += 1;
+            if rounds > MAX_TASKS_PER_DECISION {
+                break;
+            }
+            self.decide(&id)?;
+        }
+        Ok(self
+            .dirty
+            .iter()
+            .filter_map(|id| self.workflows.remove(id))
+            .map(|wf| Mutation::PutWorkflow(Box::new(wf)))
+            .collect())
+    }
+
+    // ------------------------------------------------------------------ the decider
+
+    /// Acts on everything that changed in a workflow: schedules what follows finished tasks, retries or fails on
+    /// failures, runs system tasks, completes JOINs and loops, and completes the workflow when nothing is left.
+    pub fn decide(&mut self, id: &str) -> Result<(), StateError> {
+        let Some(wf) = self.workflow(id)? else { return Ok(()) };
+        if wf.status != WorkflowStatus::Running {
+            return Ok(());
+        }
+        let index = DefIndex::new(&wf.workflow_definition);
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            if steps > MAX_TASKS_PER_DECISION {
+                let reason =
+                    format!("more than {MAX_TASKS_PER_DECISION} steps in one decision: a loop that never waits");
+                self.end_workflow(id.to_string(), WorkflowStatus::Failed, reason, None)?;
+                return Ok(());
+            }
+            let wf = self.workflow(id)?.expect("loaded above");
+            if wf.status != WorkflowStatus::Running {
+                return Ok(());
+            }
+            // 1. A system task waiting to be run by the engine.
+            if let Some(i) = wf.tasks.iter().position(|t| t.status == TaskStatus::Scheduled && is_engine_task(t)) {
+                self.run_system_task(id, i, &index)?;
+                continue;
+            }
+            // 2. A JOIN or DO_WHILE whose condition may now hold.
+            if self.progress_joins(id)? {
+                continue;
+            }
+            // 3. A finished task the engine has not acted on yet.
+            let wf = self.workflow(id)?.expect("loaded above");
+            if let Some(i) =
+                wf.tasks.iter().position(|t| t.status.is_terminal() && !t.executed && t.status != TaskStatus::Skipped)
+            {
+                self.act_on_finished(id, i, &index)?;
+                continue;
+            }
+            // 4. Nothing left to do: complete the workflow when nothing is pending.
+            let wf = self.workflow(id)?.expect("loaded above");
+            if wf.tasks.iter().all(|t| t.status.is_terminal()) {
+                let output = workflow_output(wf);
+                let wf_id = wf.workflow_id.clone();
+                self.end_workflow(wf_id, WorkflowStatus::Completed, String::new(), Some(output))?;
+            }
+            return Ok(());
+        }
+    }
+
+    fn act_on_finished(&mut self, id: &str, i: usize, index: &DefIndex) -> Result<(), StateError> {
+        let wf = self.workflow(id)?.expect("caller loaded it");
+        wf.tasks[i].executed = true;
+        let task = wf.tasks[i].clone();
+        if task.status.is_successful() {
+            self.after_success(id, &task, index)
+        } else {
+            self.after_failure(id, i, index)
+        }
+    }
+
+    /// Schedules what follows a successful task.
+    fn after_success(&mut self, id: &str, task: &Task, index: &DefIndex) -> Result<(), StateError> {
+        let def_ref = task.workflow_task.task_reference_name.clone();
+        // A SWITCH continues into its chosen branch.
+        if matches!(task.workflow_task.task_type.as_str(), "SWITCH" | "DECISION") && task.status != TaskStatus::Skipped
+        {
+            let is_decision = task.workflow_task.task_type == "DECISION";
+            let key = if is_decision { "caseOutput" } else { "evaluationResult" };
+            let case = task.output_data.get(key).and_then(|v| v.get(0)).and_then(Value::as_str);
+            // SWITCH: a matching case runs its list, even an empty one (Conductor >= 3.31); DECISION falls back to
+            // the default case when the matching list is empty.
+            let branch = match case.and_then(|c| task.workflow_task.decision_cases.get(c)) {
+                Some(list) if !(is_decision && list.is_empty()) => list,
+                _ => &task.workflow_task.default_case,
+            };
+            if let Some(first) = branch.first() {
+                let first = first.clone();
+                return self.schedule_step(id, &first, task.iteration, index);
+            }
+        }
+        // A FORK starts every lane (the JOIN after it is scheduled as its successor).
+        if task.workflow_task.task_type == "FORK_JOIN" || task.workflow_task.task_type == "FORK" {
+            for lane in task.workflow_task.fork_tasks.clone() {
+                if let Some(first) = lane.first() {
+                    self.schedule_step(id, first, task.iteration, index)?;
+                }
+            }
+        }
+        match index.next_after(&def_ref) {
+            Next::Step(next) => {
+                let step = index.step(&next).cloned().expect("next_after names indexed steps");
+                self.schedule_step(id, &step, task.iteration, index)
+            }
+            Next::LoopEnd(owner) => self.loop_iteration_done(id, &owner, index),
+            Next::Nothing => Ok(()),
+        }
+    }
+
+    /// Retries a failed task, passes an optional one, or fails the workflow.
+    fn after_failure(&mut self, id: &str, i: usize, index: &DefIndex) -> Result<(), StateError> {
+        let task = self.workflow(id)?.expect("caller loaded it").tasks[i].clone();
+        let def = self.effective_task_def(&task)?;
+        let retries = def.as_ref().map_or(0, |d| u32::try_from(d.retry_count.max(0)).unwrap_or(u32::MAX));
+        let built_in = matches!(task.task_type.as_str(), "SWITCH" | "DECISION" | "FORK" | "JOIN" | "DO_WHILE");
+        let retryable = !built_in && !matches!(task.status, TaskStatus::FailedWithTerminalError | TaskStatus::Canceled);
+        if retryable && task.retry_count < retries {
+            let delay_ms = def.as_ref().map_or(0, |d| retry_delay_ms(d, task.retry_count));
+            let wf = self.workflow(id)?.expect("caller loaded it");
+            wf.tasks[i].retried = true;
+            let mut retry = task.clone();
+            retry.retry_count += 1;
+            retry.retried_task_id = Some(task.task_id.clone());
+            retry.status = TaskStatus::Scheduled;
+            retry.output_data = Map::new();
+            retry.reason_for_incompletion = None;
+            retry.worker_id = None;
+            retry.start_time = 0;
+            retry.end_time = 0;
+            retry.poll_count = 0;
+            retry.executed = false;
+            retry.retried = false;
+            retry.scheduled_time = self.now_ms;
+            retry.update_time = self.now_ms;
+            retry.visible_from = self.now_ms + delay_ms;
+            retry.callback_after_seconds = delay_ms / 1000;
+            self.push_task(id, retry)?;
+            return Ok(());
+        }
+        if task.workflow_task.optional {
+            let wf = self.workflow(id)?.expect("caller loaded it");
+            wf.tasks[i].status = TaskStatus::CompletedWithErrors;
+            let task = wf.tasks[i].clone();
+            return self.after_success(id, &task, index);
+        }
+        let status = match task.status {
+            TaskStatus::TimedOut => WorkflowStatus::TimedOut,
+            TaskStatus::Canceled => WorkflowStatus::Terminated,
+            _ => WorkflowStatus::Failed,
+        };
+        let reason = format!(
+            "Task {} failed with status: {} and reason: '{}'",
+            task.task_id,
+            status.as_str(),
+            task.reason_for_incompletion.clone().unwrap_or_default()
+        );
+        let wf = self.workflow(id)?.expect("caller loaded it");
+        wf.failed_reference_task_names.insert(task.reference_task_name.clone());
+        self.end_workflow(id.to_string(), status, reason, None)
+    }
+
+    /// The task definition that governs a task: the registered one, the inline `taskDefinition`, or for a worker
+    /// task with neither, Conductor's defaults (3 retries, FIXED 60 s, response timeout 3600 s). System tasks
+    /// without a definition are never retried.
+    fn effective_task_def(&mut self, task: &Task) -> Result<Option<TaskDef>, StateError> {
+        if let Some(def) = self.task_def(&task.task_def_name)?.or_else(|| task.workflow_task.embedded_task_def()) {
+            return Ok(Some(def));
+        }
+        if is_system_type(&task.task_type) {
+            return Ok(None);
+        }
+        Ok(serde_json::from_value(json!({ "name": task.task_def_name })).ok())
+    }
+
+    /// Completes JOINs whose joined tasks are done and DO_WHILE tasks whose bodies are done. True when one moved.
+    fn progress_joins(&mut self, id: &str) -> Result<bool, StateError> {
+        let now = self.now_ms;
+        let wf = self.workflow(id)?.expect("caller loaded it");
+        for i in 0..wf.tasks.len() {
+            let t = &wf.tasks[i];
+            if t.status != TaskStatus::InProgress || t.task_type != "JOIN" {
+                continue;
+            }
+            let join_on: Vec<String> = match t.input_data.get("joinOn") {
+                Some(Value::Array(refs)) => refs.iter().filter_map(|r| r.as_str().map(str::to_string)).collect(),
+                _ => t.workflow_task.join_on(),
+            };
+            let suffix = iteration_suffix(t.iteration);
+            let mut output = Map::new();
+            let mut all_done = true;
+            let mut with_errors = false;
+            let mut failures = Vec::new();
+            for r in &join_on {
+                let full = format!("{r}{suffix}");
+                match wf.latest_by_ref(&full) {
+                    Some(joined) if joined.status.is_successful() && joined.executed => {
+                        with_errors |= joined.status == TaskStatus::CompletedWithErrors;
+                        if !joined.output_data.is_empty() {
+                            output.insert(r.clone(), Value::Object(joined.output_data.clone()));
+                        }
+                    }
+                    Some(joined)
+                        if joined.status.is_terminal()
+                            && !joined.status.is_successful()
+                            && joined.executed
+                            && !joined.retried
+                            && !joined.workflow_task.optional =>
+                    {
+                        failures.push(joined.reason_for_incompletion.clone().unwrap_or_default());
+                    }
+                    _ => all_done = false,
+                }
+            }
+            if !failures.is_empty() {
+                let t = &mut wf.tasks[i];
+                t.status = TaskStatus::Failed;
+                t.reason_for_incompletion = Some(failures.join(" "));
+                t.end_time = now;
+                t.update_time = now;
+                return Ok(true);
+            }
+            if all_done {
+                let t = &mut wf.tasks[i];
+                t.status = if with_errors { TaskStatus::CompletedWithErrors } else { TaskStatus::Completed };
+                t.output_data = output;
+                t.end_time = now;
+                t.update_time = now;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The last step of a DO_WHILE body finished: start the next iteration or complete the loop.
+    fn loop_iteration_done(&mut self, id: &str, owner: &str, index: &DefIndex) -> Result<(), StateError> {
+        let now = self.now_ms;
+        let wf = self.workflow(id)?.expect("caller loaded it");
+        let Some(li) = wf
+            .tasks
+            .iter()
+            .rposition(|t| t.workflow_task.task_reference_name == owner && t.status == TaskStatus::InProgress)
+        else {
+            return Ok(());
+        };
+        // The loop's own counter lives in its output (`iteration`), as Conductor shows it; the task's `iteration`
+        // field is the iteration of an enclosing loop, if any.
+        let iteration = wf.tasks[li].output_data.get("iteration").and_then(Value::as_u64).unwrap_or(1);
+        let iteration = u32::try_from(iteration).unwrap_or(u32::MAX);
+        // Record this iteration's outputs, keyed by the body's reference names without the suffix.
+        let body_refs: BTreeSet<String> = collect_refs(&wf.tasks[li].workflow_task.loop_over);
+        let mut outputs = Map::new();
+        for t in wf
+            .tasks
+            .iter()
+            .filter(|t| t.iteration == iteration && body_refs.contains(&t.workflow_task.task_reference_name))
+        {
+            outputs.insert(t.workflow_task.task_reference_name.clone(), Value::Object(t.output_data.clone()));
+        }
+        let loop_task = &mut wf.tasks[li];
+        loop_task.output_data.insert(iteration.to_string(), Value::Object(outputs.clone()));
+        loop_task.output_data.insert("iteration".into(), json!(iteration));
+        // `$` for the condition: the loop's input, the loop itself ({iteration, ...outputs}), and each body task's
+        // output of this iteration, by reference name.
+        let mut scope = loop_task.input_data.clone();
+        scope.insert(owner.to_string(), Value::Object(loop_task.output_data.clone()));
+        for (r, out) in outputs {
+            scope.insert(r, out);
+        }
+        let condition = loop_task.workflow_task.extra_str("loopCondition").unwrap_or_default();
+        match script::eval(&condition, &Value::Object(scope), now, &script::ScriptLimits::default()) {
+            Ok(v) if script::loop_condition(&v) => {
+                let body = wf.tasks[li].workflow_task.loop_over.clone();
+                wf.tasks[li].output_data.insert("iteration".into(), json!(iteration + 1));
+                wf.tasks[li].update_time = now;
+                if let Some(first) = body.first() {
+                    self.schedule_step(id, first, iteration + 1, index)?;
+                }
+            }
+            Ok(_) => {
+                let loop_task = &mut wf.tasks[li];
+                loop_task.status = TaskStatus::Completed;
+                loop_task.end_time = now;
+                loop_task.update_time = now;
+            }
+            Err(e) => {
+                let loop_task = &mut wf.tasks[li];
+                loop_task.status = TaskStatus::Failed;
+                loop_task.reason_for_incompletion = Some(format!("loopCondition failed: {e}"));
+                loop_task.end_time = now;
+            }
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ scheduling
+
+    /// Creates the task execution of a step and queues it (workers' tasks) or leaves it for the engine (system).
+    pub fn schedule_step(
+        &mut self,
+        id: &str,
+        step: &WorkflowTask,
+        iteration: u32,
+        index: &DefIndex,
+    ) -> Result<(), StateError> {
+        let now = self.now_ms;
+        let wf = self.workflow(id)?.expect("caller loaded it");
+        // A step skipped ahead of time (skip-task API) is passed over: the workflow carries on after it.
+        let full_ref = format!("{}{}", step.task_reference_name, iteration_suffix(iteration));
+        if let Some(k) = wf
+            .tasks
+            .iter()
+            .position(|t| t.reference_task_name == full_ref && t.status == TaskStatus::Skipped && !t.executed)
+        {
+            wf.tasks[k].executed = true;
+            let skipped = wf.tasks[k].clone();
+            return self.after_success(id, &skipped, index);
+        }
+        let input = resolve_input(wf, step, iteration);
+        let mut step = step.clone();
+        let mut task_type = match step.task_type.as_str() {
+            "SIMPLE" => step.name.clone(),
+            "FORK_JOIN" | "FORK" => "FORK".to_string(),
+            other => other.to_string(),
+        };
+        if step.task_type == "DYNAMIC" {
+            let param = step.extra_str("dynamicTaskNameParam").unwrap_or_default();
+            match input.get(&param).and_then(Value::as_str) {
+                Some(name) => {
+                    step.name = name.to_string();
+                    task_type = name.to_string();
+                }
+                None => {
+                    let mut task = self.new_task(id, &step, iteration, input, "DYNAMIC".into())?;
+                    task.status = TaskStatus::FailedWithTerminalError;
+                    task.reason_for_incompletion =
+                        Some(format!("DYNAMIC task: input '{param}' does not name a task definition"));
+                    task.end_time = now;
+                    return self.push_task(id, task);
+                }
+            }
+        }
+        let mut input = input;
+        if !is_system_type(&task_type) {
+            if let Some(def) = self.task_def(&step.name)?.or_else(|| step.embedded_task_def()) {
+                for (k, v) in &def.input_template {
+                    input.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+        }
+        let mut task = self.new_task(id, &step, iteration, input, task_type)?;
+        if let Some(def) = self.task_def(&step.name)?.or_else(|| step.embedded_task_def()) {
+            task.response_timeout_seconds = u64::try_from(def.response_timeout_seconds).unwrap_or(0);
+        }
+        if let Some(delay) = step.start_delay.filter(|d| *d > 0) {
+            task.visible_from = now + u64::try_from(delay).unwrap_or(0) * 1000;
+        }
+        self.push_task(id, task)
+    }
+
+    pub(crate) fn new_task(
+        &mut self,
+        id: &str,
+        step: &WorkflowTask,
+        iteration: u32,
+        input: Map<String, Value>,
+        task_type: String,
+    ) -> Result<Task, StateError> {
+        let now = self.now_ms;
+        let wf = self.workflow(id)?.expect("caller loaded it");
+        wf.next_seq = wf.next_seq.max(wf.tasks.len() as u32) + 1;
+        let seq = wf.next_seq;
+        Ok(Task {
+            task_id: derive_id(&format!("{}/task/{seq}", wf.workflow_id)),
+            task_type,
+            status: TaskStatus::Scheduled,
+            reference_task_name: format!("{}{}", step.task_reference_name, iteration_suffix(iteration)),
+            task_def_name: step.name.clone(),
+            retry_count: 0,
+            seq,
+            input_data: input,
+            output_data: Map::new(),
+            workflow_instance_id: wf.workflow_id.clone(),
+            workflow_type: wf.workflow_name.clone(),
+            scheduled_time: now,
+            start_time: 0,
+            end_time: 0,
+            update_time: now,
+            visible_from: 0,
+            callback_after_seconds: 0,
+            retried_task_id: None,
+            retried: false,
+            executed: false,
+            poll_count: 0,
+            worker_id: None,
+            reason_for_incompletion: None,
+            response_timeout_seconds: 0,
+            iteration,
+            sub_workflow_id: None,
+            workflow_task: step.clone(),
+        })
+    }
+
+    pub(crate) fn push_task(&mut self, id: &str, mut task: Task) -> Result<(), StateError> {
+        let wf = self.workflow(id)?.expect("caller loaded it");
+        if task.seq <= wf.tasks.last().map_or(0, |t| t.seq) {
+            wf.next_seq = wf.next_seq.max(wf.tasks.len() as u32) + 1;
+            task.seq = wf.next_seq;
+            task.task_id = derive_id(&format!("{}/task/{}", wf.workflow_id, task.seq));
+        }
+        wf.tasks.push(task);
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ system tasks
+
+    fn run_system_task(&mut self, id: &str, i: usize, index: &DefIndex) -> Result<(), StateError> {
+        let now = self.now_ms;
+        let wf = self.workflow(id)?.expect("caller loaded it");
+        let task = wf.tasks[i].clone();
+        let input = Value::Object(task.input_data.clone());
+        let mut outcome = SystemOutcome::Completed(Map::new());
+        match task.task_type.as_str() {
+            "SWITCH" | "DECISION" => {
+                outcome = match switch_case(&task.workflow_task, &task.input_data, now) {
+                    Ok(case) if task.task_type == "DECISION" => {
+                        SystemOutcome::Completed(single("caseOutput", json!([case])))
+                    }
+                    Ok(case) => {
+                        let mut out = single("evaluationResult", json!([case]));
+                        out.insert("selectedCase".into(), json!(case));
+                        SystemOutcome::Completed(out)
+                    }
+                    Err(e) => SystemOutcome::Failed(e, Map::new()),
+                }
+            }
+            "FORK" | "NOOP" => {}
+            "FORK_JOIN_DYNAMIC" => return self.start_dynamic_fork(id, i, index),
+            "TERMINATE" => return self.terminate_task(id, i),
+            "JOIN" | "HUMAN" => outcome = SystemOutcome::InProgress(0),
+            "WAIT" => {
+                outcome = match wait_until(&task.input_data, now) {
+                    Ok(until) => SystemOutcome::InProgress(until),
+                    Err(e) => SystemOutcome::Failed(e, Map::new()),
+                }
+            }
+            "DO_WHILE" => {
+                let body = task.workflow_task.loop_over.clone();
+                let wf = self.workflow(id)?.expect("caller loaded it");
+                let t = &mut wf.tasks[i];
+                t.output_data.insert("iteration".into(), json!(1));
+                if let Some(first) = body.first() {
+                    t.status = TaskStatus::InProgress;
+                    t.start_time = now;
+                    t.update_time = now;
+                    return self.schedule_step(id, first, 1, index);
+                }
+            }
+            "SET_VARIABLE" => {
+                let wf = self.workflow(id)?.expect("caller loaded it");
+                for (k, v) in &task.input_data {
+                    wf.variables.insert(k.clone(), v.clone());
+                }
+            }
+            "INLINE" => {
+                let expression = task.input_data.get("expression").and_then(Value::as_str).unwrap_or_default();
+                outcome = match script::eval(expression, &input, now, &script::ScriptLimits::default()) {
+                    Ok(result) => SystemOutcome::Completed(single("result", result)),
+                    // A script error is the script's fault: terminal, as in Conductor. Running out of budget or
+                    // memory is Conductor's timeout: an ordinary, retryable failure.
+                    Err(e @ (script::ScriptError::Syntax(_) | script::ScriptError::Runtime(_))) => {
+                        SystemOutcome::FailedTerminally(e.to_string(), single("error", json!(e.to_string())))
+                    }
+                    Err(e) => SystemOutcome::Failed(e.to_string(), single("error", json!(e.to_string()))),
+                }
+            }
+            "JSON_JQ_TRANSFORM" => {
+                let query = task.input_data.get("queryExpression").and_then(Value::as_str).unwrap_or_default();
+                outcome = match jq::eval(query, &input) {
+                    Ok(results) => {
+                        let mut out = single("result", results.first().cloned().unwrap_or(Value::Null));
+                        out.insert("resultList".into(), Value::Array(results));
+                        SystemOutcome::Completed(out)
+                    }
+                    // Not a property of the query: this replica could not run it. Stop rather than diverge.
+                    Err(jq::JqError::Unavailable(e)) => return Err(StateError(format!("jq unavailable: {e}"))),
+                    Err(e) => SystemOutcome::Failed(e.to_string(), single("error", json!(e.to_string()))),
+                }
+            }
+            "SUB_WORKFLOW" | "START_WORKFLOW" => return self.start_child(id, i),
+            other => {
+                outcome = SystemOutcome::Failed(format!("task type {other} is not supported"), Map::new());
+            }
+        }
+        let wf = self.workflow(id)?.expect("caller loaded it");
+        let t = &mut wf.tasks[i];
+        t.start_time = now;
+        t.update_time = now;
+        match outcome {
+            SystemOutcome::Completed(out) => {
+                t.output_data = out;
+                t.status = TaskStatus::Completed;
+                t.end_time = now;
+            }
+            SystemOutcome::InProgress(until) => {
+                t.status = TaskStatus::InProgress;
+                t.visible_from = until;
+            }
+            SystemOutcome::Failed(reason, out) => {
+                t.output_data = out;
+                t.status = TaskStatus::Failed;
+                t.reason_for_incompletion = Some(reason);
+                t.end_time = now;
+            }
+            SystemOutcome::FailedTerminally(reason, out) => {
+                t.output_data = out;
+                t.status = TaskStatus::FailedWithTerminalError;
+                t.reason_for_incompletion = Some(reason);
+                t.end_time = now;
+            }
+        }
+        Ok(())
+    }
+
+    fn terminate_task(&mut self, id: &str, i: usize) -> Result<(), StateError> {
+        let now = self.now_ms;
+        let wf = self.workflow(id)?.expect("caller loaded it");
+        let task = wf.tasks[i].clone();
+        let status = match task.input_data.get("terminationStatus").and_then(Value::as_str) {
+            Some("FAILED") => WorkflowStatus::Failed,
+            Some("TERMINATED") => WorkflowStatus::Terminated,
+            _ => WorkflowStatus::Completed,
+        };
+        let reason = match task.input_data.get("terminationReason").and_then(Value::as_str) {
+            Some(r) if !r.is_empty() => r.to_string(),
+            _ => format!("Workflow is {} by TERMINATE task: {}", status.as_str(), task.task_id),
+        };
+        let output = match task.input_data.get("workflowOutput") {
+            Some(Value::Object(m)) => m.clone(),
+            Some(other) => single("output", other.clone()),
+            None => Map::new(),
+        };
+        let t = &mut wf.tasks[i];
+        t.status = TaskStatus::Completed;
+        t.output_data = output.clone();
+        t.start_time = now;
+        t.end_time = now;
+        t.update_time = now;
+        t.executed = true;
+        self.end_workflow(id.to_string(), status, reason, Some(output))
+    }
+
+    fn start_dynamic_fork(&mut self, id: &str, i: usize, index: &DefIndex) -> Result<(), StateError> {
+        let now = self.now_ms;
+        let wf = self.workflow(id)?.expect("caller loaded it");
+        let fork = wf.tasks[i].clone();
+        let tasks_param = fork.workflow_task.extra_str("dynamicForkTasksParam").unwrap_or_default();
+        let inputs_param = fork.workflow_task.extra_str("dynamicForkTasksInputParamName").unwrap_or_default();
+        let parsed: Result<Vec<WorkflowTask>, String> = match fork.input_data.get(&tasks_param) {
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| format!("{tasks_param}: {e}")),
+            None => Err(format!("input '{tasks_param}' (dynamicForkTasksParam) is missing")),
+        };
+        let inputs = fork.input_data.get(&inputs_param).cloned().unwrap_or(Value::Null);
+        let t = &mut wf.tasks[i];
+        t.start_time = now;
+        t.end_time = now;
+        t.update_time = now;
+        let steps = match parsed {
+            Ok(steps) => steps,
+            Err(reason) => {
+                t.status = TaskStatus::FailedWithTerminalError;
+                t.reason_for_incompletion = Some(format!("FORK_JOIN_DYNAMIC: {reason}"));
+                return Ok(());
+            }
+        };
+        let refs: Vec<String> = steps.iter().map(|s| s.task_reference_name.clone()).collect();
+        t.status = TaskStatus::Completed;
+        t.executed = true;
+        t.output_data = single("forkedTasks", json!(refs));
+        for step in &steps {
+            let mut step = step.clone();
+            if let Some(Value::Object(given)) = inputs.get(&step.task_reference_name) {
+                step.input_parameters = given.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            }
+            self.schedule_step(id, &step, fork.iteration, index)?;
+        }
+        // The JOIN that follows waits for every forked task.
+        if let Next::Step(next) = index.next_after(&fork.workflow_task.task_reference_name) {
+            let join = index.step(&next).cloned().expect("indexed");
+            self.schedule_step(id, &join, fork.iteration, index)?;
+            let wf = self.workflow(id)?.expect("caller loaded it");
+            if let Some(last) = wf.tasks.last_mut() {
+                last.input_data.insert("joinOn".into(), json!(refs));
+            }
+        }
+        Ok(())
+    }
+
+    fn start_child(&mut self, id: &str, i: usize) -> Result<(), StateError> {
+        let now = self.now_ms;
+        let wf = self.workflow(id)?.expect("caller loaded it");
+        let task = wf.tasks[i].clone();
+        let (priority, correlation_id) = (wf.priority, wf.correlation_id.clone());
+        let fire_and_forget = task.task_type == "START_WORKFLOW";
+        let (name, version, inline, input, corr) = if fire_and_forget {
+            let req = task.input_data.get("startWorkflow").cloned().unwrap_or(Value::Null);
+            (
+                req.get("name").and_then(Value::as_str).map(str::to_string),
+                req.get("version").and_then(Value::as_u64).and_then(|v| u32::try_from(v).ok()),
+                req.get("workflowDefinition").cloned(),
+                req.get("input").and_then(Value::as_object).cloned().unwrap_or_default(),
+                req.get("correlationId").and_then(Value::as_str).map(str::to_string).or(correlation_id),
+            )
+        } else {
+            let param = task.workflow_task.extra.get("subWorkflowParam").cloned().unwrap_or(Value::Null);
+            (
+                param.get("name").and_then(Value::as_str).map(str::to_string),
+                param.get("version").and_then(Value::as_u64).and_then(|v| u32::try_from(v).ok()),
+                param.get("workflowDefinition").cloned(),
+                task.input_data.clone(),
+                correlation_id,
+            )
+        };
+        let def = match inline {
+            Some(Value::Object(_)) => serde_json::from_value::<WorkflowDef>(inline.unwrap_or(Value::Null)).ok(),
+            _ => match &name {
+                Some(n) => self.workflow_def(n, version)?,
+                None => None,
+            },
+        };
+        let wf = self.workflow(id)?.expect("caller loaded it");
+        let t = &mut wf.tasks[i];
+        t.start_time = now;
+        t.update_time = now;
+        let Some(def) = def else {
+            t.status = TaskStatus::FailedWithTerminalError;
+            t.reason_for_incompletion =
+                Some(format!("{}: workflow definition {:?} version {:?} not found", t.task_type, name, version));
+            t.end_time = now;
+            return Ok(());
+        };
+        let child_id = derive_id(&format!("{}/child/{}", task.workflow_instance_id, task.task_id));
+        t.sub_workflow_id = Some(child_id.clone());
+        t.output_data.insert("subWorkflowId".into(), json!(child_id));
+        if fire_and_forget {
+            t.status = TaskStatus::Completed;
+            t.output_data = single("workflowId", json!(child_id));
+            t.end_time = now;
+        } else {
+            t.status = TaskStatus::InProgress;
+        }
+        let parent = (!fire_and_forget).then(|| (id.to_string(), task.task_id.clone()));
+        let child = new_workflow(child_id.clone(), def, input, corr, priority, parent, now);
+        self.insert(child);
+        self.schedule_decide(&child_id);
+        self.start(&child_id)
+    }
+
+    /// Schedules the first step of a new workflow (or completes it when it has none).
+    pub fn start(&mut self, id: &str) -> Result<(), StateError> {
+        let wf = self.workflow(id)?.expect("caller inserted it");
+        let index = DefIndex::new(&wf.workflow_definition);
+        if let Some(first) = wf.workflow_definition.tasks.first().cloned() {
+            self.schedule_step(id, &first, 0, &index)?;
+        }
+        self.decide(id)
+    }
+
+    // ------------------------------------------------------------------ ending
+
+    /// Ends a workflow: cancels what is pending, sets output and reason, tells the parent, starts the failure
+    /// workflow.
+    pub fn end_workflow(
+        &mut self,
+        id: String,
+        status: WorkflowStatus,
+        reason: String,
+        output: Option<Map<String, Value>>,
+    ) -> Result<(), StateError> {
+        let now = self.now_ms;
+        let wf = self.workflow(&id)?.expect("caller loaded it");
+        if wf.status.is_terminal() {
+            return Ok(());
+        }
+        wf.status = status;
+        wf.end_time = now;
+        wf.update_time = now;
+        if !reason.is_empty() {
+            wf.reason_for_incompletion = Some(reason.clone());
+        }
+        if let Some(output) = output {
+            wf.output = output;
+        }
+        let mut children = Vec::new();
+        for t in wf.tasks.iter_mut().filter(|t| !t.status.is_terminal()) {
+            t.status = TaskStatus::Canceled;
+            t.end_time = now;
+            t.update_time = now;
+            t.executed = true;
+            if t.task_type == "SUB_WORKFLOW" {
+                children.extend(t.sub_workflow_id.clone());
+            }
+        }
+        let parent = wf.parent_workflow_id.clone().zip(wf.parent_workflow_task_id.clone());
+        let failure_workflow = wf.workflow_definition.failure_workflow.clone().filter(|s| !s.is_empty());
+        let snapshot = wf.clone();
+        // A terminated or failed parent terminates its running children.
+        if status != WorkflowStatus::Completed {
+            for child in children {
+                let reason = format!("parent workflow {id} ended: {}", status.as_str());
+                if self.workflow(&child)?.is_some() {
+                    self.end_workflow(child, WorkflowStatus::Terminated, reason, None)?;
+                }
+            }
+        }
+        if let Some((parent_id, parent_task)) = parent {
+            self.child_ended(&parent_id, &parent_task, &snapshot)?;
+        }
+        let by_operator = std::mem::take(&mut self.ending_by_operator);
+        if !by_operator
+            && matches!(status, WorkflowStatus::Failed | WorkflowStatus::TimedOut | WorkflowStatus::Terminated)
+        {
+            if let Some(name) = failure_workflow {
+                self.start_failure_workflow(&snapshot, &name, status)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends a workflow at an operator's request (terminate API): like [`Exec::end_workflow`], but Conductor starts
+    /// no failure workflow for it.
+    pub fn terminate_by_operator(&mut self, id: &str, reason: &str) -> Result<(), StateError> {
+        self.ending_by_operator = true;
+        let result = self.end_workflow(id.to_string(), WorkflowStatus::Terminated, reason.to_string(), None);
+        self.ending_by_operator = false;
+        result
+    }
+
+    fn child_ended(&mut self, parent_id: &str, task_id: &str, child: &Workflow) -> Result<(), StateError> {
+        let now = self.now_ms;
+        let Some(parent) = self.workflow(parent_id)? else { return Ok(()) };
+        let Some(i) = parent.task_index(task_id) else { return Ok(()) };
+        let t = &mut parent.tasks[i];
+        if t.status.is_terminal() {
+            return Ok(());
+        }
+        t.output_data.insert("subWorkflowId".into(), json!(child.workflow_id));
+        for (k, v) in &child.output {
+            t.output_data.insert(k.clone(), v.clone());
+        }
+        t.end_time = now;
+        t.update_time = now;
+        t.status = match child.status {
+            WorkflowStatus::Completed => TaskStatus::Completed,
+            WorkflowStatus::Terminated => TaskStatus::Canceled,
+            WorkflowStatus::TimedOut => TaskStatus::TimedOut,
+            _ => TaskStatus::Failed,
+        };
+        if child.status != WorkflowStatus::Completed {
+            t.reason_for_incompletion = Some(format!(
+                "Sub workflow {}.{}/{} failure reason: {}",
+                child.workflow_name,
+                child.workflow_version,
+                child.workflow_id,
+                child.reason_for_incompletion.clone().unwrap_or_default()
+            ));
+        }
+        self.schedule_decide(parent_id);
+        Ok(())
+    }
+
+    fn start_failure_workflow(
+        &mut self,
+        failed: &Workflow,
+        name: &str,
+        status: WorkflowStatus,
+    ) -> Result<(), StateError> {
+        let Some(def) = self.workflow_def(name, None)? else { return Ok(()) };
+        let failed_task = failed.tasks.iter().rev().find(|t| {
+            matches!(t.status, TaskStatus::Failed | TaskStatus::FailedWithTerminalError | TaskStatus::TimedOut)
+        });
+        let mut input = failed.input.clone();
+        input.insert("workflowId".into(), json!(failed.workflow_id));
+        input.insert("reason".into(), json!(failed.reason_for_incompletion.clone().unwrap_or_default()));
+        input.insert("failureStatus".into(), json!(status.as_str()));
+        if let Some(t) = failed_task {
+            input.insert("failureTaskId".into(), json!(t.task_id));
+        }
+        input.insert("failedWorkflow".into(), serde_json::to_value(failed).unwrap_or(Value::Null));
+        let id = derive_id(&format!("{}/failure-workflow", failed.workflow_id));
+        if self.exists(&id)? {
+            return Ok(());
+        }
+        let wf =
+            new_workflow(id.clone(), def, input, failed.correlation_id.clone(), failed.priority, None, self.now_ms);
+        self.insert(wf);
+        if let Some(failed_wf) = self.workflow(&failed.workflow_id)? {
+            failed_wf.failure_workflow_id = Some(id.clone());
+            failed_wf.output.insert("conductor.failure_workflow".into(), json!(id));
+        }
+        self.start(&id)
+    }
+}
+
+enum SystemOutcome {
+    Completed(Map<String, Value>),
+    /// In progress until this time (0: until updated or completed by the engine).
+    InProgress(u64),
+    Failed(String, Map<String, Value>),
+    FailedTerminally(String, Map<String, Value>),
+}
+
+fn single(key: &str, value: Value) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert(key.to_string(), value);
+    m
+}
+
+/// `__N` for loop iteration N, nothing outside loops.
+pub fn iteration_suffix(iteration: u32) -> String {
+    if iteration == 0 {
+        String::new()
+    } else {
+        format!("__{iteration}")
+    }
+}
+
+fn collect_refs(list: &[WorkflowTask]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut stack: Vec<&WorkflowTask> = list.iter().collect();
+    while let Some(t) = stack.pop() {
+        out.insert(t.task_reference_name.clone());
+        stack.extend(t.children().map(|(_, child)| child));
+    }
+    out
+}
+
+/// Task types the engine runs itself; the rest go to workers.
+pub fn is_system_type(task_type: &str) -> bool {
+    matches!(
+        task_type,
+        "SWITCH"
+            | "DECISION"
+            | "FORK"
+            | "FORK_JOIN_DYNAMIC"
+            | "JOIN"
+            | "DO_WHILE"
+            | "SUB_WORKFLOW"
+            | "START_WORKFLOW"
+            | "WAIT"
+            | "HUMAN"
+            | "SET_VARIABLE"
+            | "TERMINATE"
+            | "INLINE"
+            | "JSON_JQ_TRANSFORM"
+            | "NOOP"
+    )
+}
+
+fn is_engine_task(task: &Task) -> bool {
+    is_system_type(&task.task_type)
+}
+
+/// The case a SWITCH/DECISION picks (as a string).
+fn switch_case(step: &WorkflowTask, input: &Map<String, Value>, now_ms: u64) -> Result<String, String> {
+    let evaluator = step.extra_str("evaluatorType");
+    let expression = step.extra_str("expression").or_else(|| step.extra_str("caseExpression"));
+    let value = match (evaluator.as_deref(), expression) {
+        (Some("javascript") | Some("graaljs"), Some(expr)) => {
+            script::eval(&expr, &Value::Object(input.clone()), now_ms, &script::ScriptLimits::default())
+                .map_err(|e| format!("SWITCH expression failed: {e}"))?
+        }
+        (None, Some(expr)) if step.task_type == "DECISION" => {
+            script::eval(&expr, &Value::Object(input.clone()), now_ms, &script::ScriptLimits::default())
+                .map_err(|e| format!("DECISION caseExpression failed: {e}"))?
+        }
+        (Some("value-param"), Some(param)) => input.get(&param).cloned().unwrap_or(Value::Null),
+        _ => {
+            let param = step.extra_str("caseValueParam").unwrap_or_default();
+            input.get(&param).cloned().unwrap_or(Value::Null)
+        }
+    };
+    Ok(script::switch_case(&value))
+}
+
+/// When a WAIT task ends: `duration` ("10s", "2m", "1h 30m", "1d") or `until` ("2024-01-31 10:00 UTC" style,
+/// RFC 3339); 0 when it waits for a signal.
+fn wait_until(input: &Map<String, Value>, now_ms: u64) -> Result<u64, String> {
+    if let Some(d) = input.get("duration").and_then(Value::as_str) {
+        return parse_duration_ms(d).map(|ms| now_ms + ms).ok_or_else(|| format!("WAIT: bad duration '{d}'"));
+    }
+    if let Some(u) = input.get("until").and_then(Value::as_str) {
+        return parse_until_ms(u).ok_or_else(|| format!("WAIT: bad until '{u}'"));
+    }
+    Ok(0)
+}
+
+/// Parses Conductor's durations: a sequence of `<n><unit>` with units d, h, m, s (and the long forms).
+pub fn parse_duration_ms(text: &str) -> Option<u64> {
+    let mut total = 0u64;
+    let mut number = String::new();
+    let mut unit = String::new();
+    let mut seen = false;
+    let flush = |number: &mut String, unit: &mut String, total: &mut u64| -> Option<()> {
+        if number.is_empty() {
+            return if unit.is_empty() { Some(()) } else { None };
+        }
+        let n: u64 = number.parse().ok()?;
+        let ms = match unit.trim().to_ascii_lowercase().as_str() {
+            "d" | "day" | "days" => 86_400_000,
+            "h" | "hr" | "hrs" | "hour" | "hours" => 3_600_000,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60_000,
+            "s" | "" | "sec" | "secs" | "second" | "seconds" => 1000,
+            _ => return None,
+        };
+        *total += n * ms;
+        number.clear();
+        unit.clear();
+        Some(())
+    };
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            if !unit.trim().is_empty() {
+                flush(&mut number, &mut unit, &mut total)?;
+            }
+            number.push(c);
+            seen = true;
+        } else if c.is_alphabetic() {
+            unit.push(c);
+        } else if c.is_whitespace() {
+            if !unit.is_empty() {
+                flush(&mut number, &mut unit, &mut total)?;
+            }
+        } else {
+            return None;
+        }
+    }
+    flush(&mut number, &mut unit, &mut total)?;
+    seen.then_some(total)
+}
+
+/// Parses an absolute time: `yyyy-MM-dd HH:mm`, `yyyy-MM-dd HH:mm z` (UTC only), `yyyy-MM-dd`, or RFC 3339.
+fn parse_until_ms(text: &str) -> Option<u64> {
+    let t = text.trim().trim_end_matches(" UTC").trim_end_matches(" GMT").trim_end_matches('Z');
+    let (date, time) = match t.split_once(['T', ' ']) {
+        Some((d, tm)) => (d, tm),
+        None => (t, "00:00"),
+    };
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, mo, day) = (d.next()??, d.next()??, d.next()??);
+    let mut tm = time.split(':').map(|p| p.split('.').next().and_then(|s| s.parse::<i64>().ok()));
+    let (h, mi) = (tm.next()??, tm.next()??);
+    let s = tm.next().flatten().unwrap_or(0);
+    let days = days_from_civil(y, mo, day)?;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + s;
+    u64::try_from(secs * 1000).ok()
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> Option<i64> {
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
+}
+
+/// The delay before retry number `retry_count + 1`, ms.
+pub fn retry_delay_ms(def: &TaskDef, retry_count: u32) -> u64 {
+    use super::definitions::RetryLogic;
+    let base = u64::try_from(def.retry_delay_seconds.max(0)).unwrap_or(0);
+    let factor = u64::try_from(def.backoff_scale_factor.max(1)).unwrap_or(1);
+    let secs = match def.retry_logic {
+        RetryLogic::Fixed => base,
+        RetryLogic::ExponentialBackoff => base.saturating_mul(2u64.saturating_pow(retry_count)),
+        RetryLogic::LinearBackoff => base.saturating_mul(factor).saturating_mul(u64::from(retry_count) + 1),
+    };
+    let capped = match def.max_retry_delay_seconds {
+        Some(max) if max > 0 => secs.min(u64::try_from(max).unwrap_or(u64::MAX)),
+        _ => secs,
+    };
+    capped.saturating_mul(1000)
+}
+
+/// The document `${workflow.*}` expressions see.
+pub fn workflow_root(wf: &Workflow) -> Value {
+    json!({
+        "workflowId": wf.workflow_id,
+        "workflowType": wf.workflow_name,
+        "version": wf.workflow_version,
+        "status": wf.status.as_str(),
+        "input": wf.input,
+        "output": wf.output,
+        "variables": wf.variables,
+        "correlationId": wf.correlation_id,
+        "parentWorkflowId": wf.parent_workflow_id,
+        "parentWorkflowTaskId": wf.parent_workflow_task_id,
+        "reasonForIncompletion": wf.reason_for_incompletion,
+        "priority": wf.priority,
+        "createTime": wf.create_time,
+        "startTime": wf.start_time,
+        "taskToDomain": wf.task_to_domain,
+        "schemaVersion": 2,
+    })
+}
+
+/// The document `${ref.*}` expressions see for a task.
+pub fn task_root(t: &Task) -> Value {
+    json!({
+        "taskId": t.task_id,
+        "taskType": t.task_type,
+        "referenceTaskName": t.reference_task_name,
+        "status": t.status.as_str(),
+        "input": t.input_data,
+        "output": t.output_data,
+        "retryCount": t.retry_count,
+        "reasonForIncompletion": t.reason_for_incompletion,
+        "scheduledTime": t.scheduled_time,
+        "startTime": t.start_time,
+        "endTime": t.end_time,
+        "workerId": t.worker_id,
+        "iteration": t.iteration,
+        "subWorkflowId": t.sub_workflow_id,
+        "pollCount": t.poll_count,
+        "taskDefName": t.task_def_name,
+        "workflowInstanceId": t.workflow_instance_id,
+        "callbackAfterSeconds": t.callback_after_seconds,
+    })
+}
+
+/// Expression roots of a workflow: `workflow` and each task reference (the latest execution; inside a loop,
+/// the reference without its `__N` suffix means the latest iteration).
+struct WorkflowRoots<'a> {
+    wf: &'a Workflow,
+}
+
+impl expr::Roots for WorkflowRoots<'_> {
+    fn root(&self, name: &str) -> Option<Value> {
+        if name == "workflow" {
+            return Some(workflow_root(self.wf));
+        }
+        self.wf
+            .latest_by_ref(name)
+            .or_else(|| self.wf.tasks.iter().rev().find(|t| t.workflow_task.task_reference_name == name))
+            .map(task_root)
+    }
+}
+
+/// A step's input: its inputParameters resolved against the workflow.
+fn resolve_input(wf: &Workflow, step: &WorkflowTask, _iteration: u32) -> Map<String, Value> {
+    expr::resolve_map(&step.input_parameters, &WorkflowRoots { wf })
+}
+
+/// A workflow's output: its outputParameters resolved, or the last task's output when it has none.
+pub fn workflow_output(wf: &Workflow) -> Map<String, Value> {
+    if wf.workflow_definition.output_parameters.is_empty() {
+        return wf.tasks.last().map(|t| t.output_data.clone()).unwrap_or_default();
+    }
+    expr::resolve_map(&wf.workflow_definition.output_parameters, &WorkflowRoots { wf })
+}
+
+/// A new RUNNING workflow with nothing scheduled yet.
+pub fn new_workflow(
+    workflow_id: String,
+    def: WorkflowDef,
+    mut input: Map<String, Value>,
+    correlation_id: Option<String>,
+    priority: u32,
+    parent: Option<(String, String)>,
+    now_ms: u64,
+) -> Workflow {
+    for (k, v) in &def.input_template {
+        input.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    let variables = def.variables.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let (parent_workflow_id, parent_workflow_task_id) = match parent {
+        Some((w, t)) => (Some(w), Some(t)),
+        None => (None, None),
+    };
+    Workflow {
+        workflow_id,
+        workflow_name: def.name.clone(),
+        workflow_version: u32::try_from(def.version).unwrap_or(1),
+        status: WorkflowStatus::Running,
+        input,
+        output: Map::new(),
+        variables,
+        correlation_id,
+        reason_for_incompletion: None,
+        priority,
+        task_to_domain: BTreeMap::new(),
+        parent_workflow_id,
+        parent_workflow_task_id,
+        failed_reference_task_names: BTreeSet::new(),
+        create_time: now_ms,
+        start_time: now_ms,
+        update_time: now_ms,
+        end_time: 0,
+        workflow_definition: def,
+        tasks: Vec::new(),
+        next_seq: 0,
+        failure_workflow_id: None,
+    }
+}

@@ -1,0 +1,524 @@
+//! Operations on workflows: start, worker updates, signals, terminate, pause, resume, retry, restart, rerun, skip,
+//! and the timer tick that applies timeouts. Each checks its preconditions, refuses deterministically when they
+//! do not hold, changes the workflow and lets the decider carry on.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::definitions::{validate_workflow_def, TaskTimeoutPolicy, WorkflowDef, WorkflowTimeoutPolicy};
+use super::exec::{is_system_type, new_workflow, DefIndex, Exec, OpResult, Refusal};
+use super::model::{TaskStatus, WorkflowStatus};
+use super::StateView;
+
+/// A start request, with the id the leader chose.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartWorkflow {
+    /// The new workflow's id (a UUID drawn by the leader).
+    pub workflow_id: String,
+    /// The definition's name (ignored when `definition` is given).
+    pub name: String,
+    /// The version; the latest when absent.
+    pub version: Option<u32>,
+    /// An inline definition (a routing slip): run this instead of a registered one.
+    pub definition: Option<WorkflowDef>,
+    /// The input.
+    pub input: Map<String, Value>,
+    /// The caller's correlation id.
+    pub correlation_id: Option<String>,
+    /// Priority 0-99.
+    pub priority: u32,
+    /// Task type -> domain.
+    pub task_to_domain: BTreeMap<String, String>,
+}
+
+/// What a worker (or an operator) reports for a task (Conductor's `TaskResult`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskUpdate {
+    /// The new status: IN_PROGRESS, COMPLETED, FAILED or FAILED_WITH_TERMINAL_ERROR.
+    pub status: TaskStatus,
+    /// Output data (replaces the task's output).
+    pub output: Map<String, Value>,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// For IN_PROGRESS: hand the task out again after this many seconds.
+    pub callback_after_seconds: u64,
+    /// The reporting worker.
+    pub worker_id: Option<String>,
+}
+
+fn not_found(what: &str, id: &str) -> Refusal {
+    Refusal::NotFound(format!("{what} {id} not found"))
+}
+
+impl<S: StateView> Exec<'_, S> {
+    /// Starts a workflow.
+    pub fn op_start(&mut self, req: &StartWorkflow) -> OpResult<String> {
+        let def = match &req.definition {
+            Some(def) => {
+                let mut problems = validate_workflow_def(def);
+                problems.extend(super::references::check(self.state(), def, &[])?);
+                if let Some(p) = problems.first() {
+                    return Ok(Err(Refusal::Invalid(format!("workflowDef.{}: {}", p.path, p.message))));
+                }
+                def.clone()
+            }
+            None => match self.workflow_def(&req.name, req.version)? {
+                Some(def) => def,
+                None => {
+                    let version = req.version.map_or("latest".to_string(), |v| v.to_string());
+                    return Ok(Err(Refusal::NotFound(format!(
+                        "workflow definition '{}' version {version} not found",
+                        req.name
+                    ))));
+                }
+            },
+        };
+        if self.exists(&req.workflow_id)? {
+            return Ok(Err(Refusal::Conflict(format!("workflow {} already exists", req.workflow_id))));
+        }
+        let mut wf = new_workflow(
+            req.workflow_id.clone(),
+            def,
+            req.input.clone(),
+            req.correlation_id.clone(),
+            req.priority,
+            None,
+            self.now_ms,
+        );
+        wf.task_to_domain = req.task_to_domain.clone();
+        self.insert(wf);
+        self.start(&req.workflow_id)?;
+        Ok(Ok(req.workflow_id.clone()))
+    }
+
+    /// A worker took a scheduled task.
+    pub fn op_start_task(&mut self, workflow_id: &str, task_id: &str, worker_id: &str) -> OpResult<()> {
+        let now = self.now_ms;
+        let Some(wf) = self.workflow(workflow_id)? else { return Ok(Err(not_found("workflow", workflow_id))) };
+        let Some(i) = wf.task_index(task_id) else { return Ok(Err(not_found("task", task_id))) };
+        let t = &mut wf.tasks[i];
+        if is_system_type(&t.task_type) {
+            return Ok(Err(Refusal::Conflict(format!("task {task_id} is a {} task, run by the engine", t.task_type))));
+        }
+        if t.status.is_terminal() {
+            return Ok(Err(Refusal::Conflict(format!("task {task_id} is {}", t.status.as_str()))));
+        }
+        t.status = TaskStatus::InProgress;
+        if t.start_time == 0 {
+            t.start_time = now;
+        }
+        t.update_time = now;
+        t.poll_count += 1;
+        t.visible_from = 0;
+        t.worker_id = Some(worker_id.to_string());
+        Ok(Ok(()))
+    }
+
+    /// Applies a worker's (or operator's) update to a task.
+    pub fn op_update_task(&mut self, workflow_id: &str, task_id: &str, update: &TaskUpdate) -> OpResult<()> {
+        let now = self.now_ms;
+        let allowed = matches!(
+            update.status,
+            TaskStatus::InProgress | TaskStatus::Completed | TaskStatus::Failed | TaskStatus::FailedWithTerminalError
+        );
+        if !allowed {
+            return Ok(Err(Refusal::Invalid(format!(
+                "status: a task update may be IN_PROGRESS, COMPLETED, FAILED or FAILED_WITH_TERMINAL_ERROR, not {}",
+                update.status.as_str()
+            ))));
+        }
+        let Some(wf) = self.workflow(workflow_id)? else { return Ok(Err(not_found("workflow", workflow_id))) };
+        let Some(i) = wf.task_index(task_id) else { return Ok(Err(not_found("task", task_id))) };
+        let t = &mut wf.tasks[i];
+        // Conductor ignores updates to finished tasks (a worker retrying an update it already made): acknowledged,
+        // nothing changes.
+        if t.status.is_terminal() {
+            return Ok(Ok(()));
+        }
+        if t.start_time == 0 {
+            t.start_time = now;
+        }
+        t.update_time = now;
+        if let Some(w) = &update.worker_id {
+            t.worker_id = Some(w.clone());
+        }
+        t.output_data = update.output.clone();
+        match update.status {
+            TaskStatus::InProgress => {
+                // A worker task that reports progress goes back to the queue, to be polled again after
+                // callbackAfterSeconds; WAIT and HUMAN stay IN_PROGRESS.
+                t.status = if is_system_type(&t.task_type) { TaskStatus::InProgress } else { TaskStatus::Scheduled };
+                t.callback_after_seconds = update.callback_after_seconds;
+                t.visible_from =
+                    if update.callback_after_seconds > 0 { now + update.callback_after_seconds * 1000 } else { 0 };
+            }
+            status => {
+                t.status = status;
+                t.end_time = now;
+                t.reason_for_incompletion = update.reason.clone();
+            }
+        }
+        self.schedule_decide(workflow_id);
+        Ok(Ok(()))
+    }
+
+    /// Completes (or fails) the pending task with this reference name: how WAIT and HUMAN tasks are signalled.
+    pub fn op_signal(&mut self, workflow_id: &str, task_ref: &str, update: &TaskUpdate) -> OpResult<()> {
+        let Some(wf) = self.workflow(workflow_id)? else { return Ok(Err(not_found("workflow", workflow_id))) };
+        let Some(task) = wf.tasks.iter().rev().find(|t| t.reference_task_name == task_ref && !t.status.is_terminal())
+        else {
+            return Ok(Err(Refusal::NotFound(format!("no pending task '{task_ref}' in workflow {workflow_id}"))));
+        };
+        let task_id = task.task_id.clone();
+        self.op_update_task(workflow_id, &task_id, update)
+    }
+
+    /// Terminates a running or paused workflow.
+    pub fn op_terminate(&mut self, workflow_id: &str, reason: &str) -> OpResult<()> {
+        let now = self.now_ms;
+        let Some(wf) = self.workflow(workflow_id)? else { return Ok(Err(not_found("workflow", workflow_id))) };
+        match wf.status {
+            WorkflowStatus::Completed => {
+                return Ok(Err(Refusal::Conflict(format!("Cannot terminate a COMPLETED workflow ({workflow_id})"))))
+            }
+            WorkflowStatus::Terminated => return Ok(Ok(())),
+            WorkflowStatus::Failed | WorkflowStatus::TimedOut => {
+                // A finished but unsuccessful workflow may still be marked TERMINATED.
+                wf.status = WorkflowStatus::Terminated;
+                wf.update_time = now;
+                if !reason.is_empty() {
+                    wf.reason_for_incompletion = Some(reason.to_string());
+                }
+                return Ok(Ok(()));
+            }
+            WorkflowStatus::Running | WorkflowStatus::Paused => {}
+        }
+        self.terminate_by_operator(workflow_id, reason)?;
+        Ok(Ok(()))
+    }
+
+    /// Pauses a running workflow: nothing new is scheduled until it is resumed.
+    pub fn op_pause(&mut self, workflow_id: &str) -> OpResult<()> {
+        let now = self.now_ms;
+        let Some(wf) = self.workflow(workflow_id)? else { return Ok(Err(not_found("workflow", workflow_id))) };
+        match wf.status {
+            WorkflowStatus::Running => {
+                wf.status = WorkflowStatus::Paused;
+                wf.update_time = now;
+                Ok(Ok(()))
+            }
+            WorkflowStatus::Paused => Ok(Ok(())),
+            other => Ok(Err(Refusal::Conflict(format!(
+                "Workflow {workflow_id} has ended ({}), status cannot be updated",
+                other.as_str()
+            )))),
+        }
+    }
+
+    /// Resumes a paused workflow.
+    pub fn op_resume(&mut self, workflow_id: &str) -> OpResult<()> {
+        let now = self.now_ms;
+        let Some(wf) = self.workflow(workflow_id)? else { return Ok(Err(not_found("workflow", workflow_id))) };
+        match wf.status {
+            WorkflowStatus::Paused => {
+                wf.status = WorkflowStatus::Running;
+                wf.update_time = now;
+                self.schedule_decide(workflow_id);
+                Ok(Ok(()))
+            }
+            other => Ok(Err(Refusal::Conflict(format!(
+                "The workflow {workflow_id} is not PAUSED so cannot resume. Current status is {}",
+                other.as_str()
+            )))),
+        }
+    }
+
+    /// Retries a failed, timed-out or terminated workflow from its failed (and canceled) tasks.
+    pub fn op_retry(&mut self, workflow_id: &str) -> OpResult<()> {
+        let now = self.now_ms;
+        let Some(wf) = self.workflow(workflow_id)? else { return Ok(Err(not_found("workflow", workflow_id))) };
+        if !matches!(wf.status, WorkflowStatus::Failed | WorkflowStatus::TimedOut | WorkflowStatus::Terminated) {
+            return Ok(Err(Refusal::Conflict(format!(
+                "workflow {workflow_id} is {}; only FAILED, TIMED_OUT or TERMINATED workflows can be retried",
+                wf.status.as_str()
+            ))));
+        }
+        // The latest execution of each reference that did not succeed is scheduled again.
+        let mut latest: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, t) in wf.tasks.iter().enumerate() {
+            latest.insert(t.reference_task_name.clone(), i);
+        }
+        let mut again = Vec::new();
+        for &i in latest.values() {
+            let t = &wf.tasks[i];
+            if !t.status.is_successful() {
+                again.push(i);
+            }
+        }
+        if again.is_empty() {
+            return Ok(Err(Refusal::Conflict(format!("workflow {workflow_id} has no failed task to retry"))));
+        }
+        again.sort_unstable();
+        wf.status = WorkflowStatus::Running;
+        wf.reason_for_incompletion = None;
+        wf.failed_reference_task_names.clear();
+        wf.end_time = 0;
+        wf.update_time = now;
+        let mut copies = Vec::new();
+        for i in again {
+            let t = &mut wf.tasks[i];
+            t.retried = true;
+            t.executed = true;
+            let mut copy = t.clone();
+            copy.retried_task_id = Some(t.task_id.clone());
+            copy.retry_count += 1;
+            copy.status = TaskStatus::Scheduled;
+            copy.output_data = Map::new();
+            copy.reason_for_incompletion = None;
+            copy.start_time = 0;
+            copy.end_time = 0;
+            copy.scheduled_time = now;
+            copy.update_time = now;
+            copy.visible_from = 0;
+            copy.retried = false;
+            copy.executed = false;
+            copy.worker_id = None;
+            copy.poll_count = 0;
+            copies.push(copy);
+        }
+        for copy in copies {
+            let wf = self.workflow(workflow_id)?.expect("loaded above");
+            wf.next_seq = wf.next_seq.max(wf.tasks.len() as u32) + 1;
+            let mut copy = copy;
+            copy.seq = wf.next_seq;
+            copy.task_id = super::exec::derive_id(&format!("{}/task/{}", wf.workflow_id, copy.seq));
+            wf.tasks.push(copy);
+        }
+        self.schedule_decide(workflow_id);
+        Ok(Ok(()))
+    }
+
+    /// Restarts a terminal workflow from the beginning with the same input.
+    pub fn op_restart(&mut self, workflow_id: &str, use_latest_definition: bool) -> OpResult<()> {
+        let now = self.now_ms;
+        let Some(wf) = self.workflow(workflow_id)? else { return Ok(Err(not_found("workflow", workflow_id))) };
+        if !wf.status.is_terminal() {
+            return Ok(Err(Refusal::Conflict(format!(
+                "workflow {workflow_id} is {}; only a finished workflow can be restarted",
+                wf.status.as_str()
+            ))));
+        }
+        if !wf.workflow_definition.restartable && wf.status == WorkflowStatus::Completed {
+            return Ok(Err(Refusal::Conflict(format!(
+                "workflow {workflow_id}: its definition is not restartable (restartable=false)"
+            ))));
+        }
+        let (name, current) = (wf.workflow_name.clone(), wf.workflow_definition.clone());
+        let def = if use_latest_definition { self.workflow_def(&name, None)?.unwrap_or(current) } else { current };
+        let wf = self.workflow(workflow_id)?.expect("loaded above");
+        wf.workflow_version = u32::try_from(def.version).unwrap_or(wf.workflow_version);
+        wf.workflow_definition = def;
+        wf.status = WorkflowStatus::Running;
+        wf.tasks.clear();
+        wf.output = Map::new();
+        wf.reason_for_incompletion = None;
+        wf.failed_reference_task_names.clear();
+        wf.end_time = 0;
+        wf.start_time = now;
+        wf.update_time = now;
+        self.start(workflow_id)?;
+        Ok(Ok(()))
+    }
+
+    /// Reruns a finished workflow from one of its tasks: that task and everything after it are dropped and the
+    /// task is scheduled again (with new input when given).
+    pub fn op_rerun(
+        &mut self,
+        workflow_id: &str,
+        from_task_id: &str,
+        task_input: Option<&Map<String, Value>>,
+        workflow_input: Option<&Map<String, Value>>,
+    ) -> OpResult<()> {
+        let now = self.now_ms;
+        let Some(wf) = self.workflow(workflow_id)? else { return Ok(Err(not_found("workflow", workflow_id))) };
+        if !wf.status.is_terminal() {
+            return Ok(Err(Refusal::Conflict(format!(
+                "workflow {workflow_id} is {}; only a finished workflow can be rerun",
+                wf.status.as_str()
+            ))));
+        }
+        let Some(i) = wf.task_index(from_task_id) else { return Ok(Err(not_found("task", from_task_id))) };
+        let mut task = wf.tasks[i].clone();
+        let seq = task.seq;
+        wf.tasks.retain(|t| t.seq < seq);
+        if let Some(input) = workflow_input {
+            wf.input = input.clone();
+        }
+        wf.status = WorkflowStatus::Running;
+        wf.output = Map::new();
+        wf.reason_for_incompletion = None;
+        wf.failed_reference_task_names.clear();
+        wf.end_time = 0;
+        wf.update_time = now;
+        if let Some(input) = task_input {
+            task.input_data = input.clone();
+        }
+        task.status = TaskStatus::Scheduled;
+        task.output_data = Map::new();
+        task.reason_for_incompletion = None;
+        task.retry_count = 0;
+        task.start_time = 0;
+        task.end_time = 0;
+        task.scheduled_time = now;
+        task.update_time = now;
+        task.executed = false;
+        task.retried = false;
+        task.worker_id = None;
+        task.poll_count = 0;
+        wf.tasks.push(task);
+        self.schedule_decide(workflow_id);
+        Ok(Ok(()))
+    }
+
+    /// Skips a step that has not been scheduled yet in a running workflow: when the workflow reaches it, it is
+    /// recorded SKIPPED (with the given output) and the workflow carries on after it.
+    pub fn op_skip(&mut self, workflow_id: &str, task_ref: &str, output: &Map<String, Value>) -> OpResult<()> {
+        let now = self.now_ms;
+        let Some(wf) = self.workflow(workflow_id)? else { return Ok(Err(not_found("workflow", workflow_id))) };
+        if wf.status != WorkflowStatus::Running {
+            return Ok(Err(Refusal::Conflict(format!(
+                "The workflow {workflow_id} is not running so the task referenced by {task_ref} cannot be skipped"
+            ))));
+        }
+        let index = DefIndex::new(&wf.workflow_definition);
+        let Some(step) = index.step(task_ref).cloned() else {
+            return Ok(Err(Refusal::NotFound(format!(
+                "The task referenced by {task_ref} does not exist in the workflow definition {}",
+                wf.workflow_name
+            ))));
+        };
+        if wf.tasks.iter().any(|t| t.reference_task_name == task_ref) {
+            return Ok(Err(Refusal::Conflict(format!(
+                "The task referenced {task_ref} has already been processed, cannot be skipped"
+            ))));
+        }
+        let mut task = self.new_task(workflow_id, &step, 0, Map::new(), step.name.clone())?;
+        task.status = TaskStatus::Skipped;
+        task.output_data = output.clone();
+        task.end_time = now;
+        self.push_task(workflow_id, task)?;
+        Ok(Ok(()))
+    }
+
+    /// Applies every timeout that is due at the command's time, then lets the decider act (retries, failures).
+    pub fn op_tick(&mut self, workflow_id: &str) -> OpResult<()> {
+        let now = self.now_ms;
+        let Some(wf) = self.workflow(workflow_id)? else { return Ok(Err(not_found("workflow", workflow_id))) };
+        if wf.status != WorkflowStatus::Running {
+            return Ok(Ok(()));
+        }
+        // The workflow's own timeout.
+        let def = wf.workflow_definition.clone();
+        if def.timeout_seconds > 0 && def.timeout_policy == WorkflowTimeoutPolicy::TimeOutWf {
+            let deadline = wf.start_time + u64::try_from(def.timeout_seconds).unwrap_or(0) * 1000;
+            if now >= deadline {
+                let reason = format!(
+                    "Workflow timed out after {} seconds. Timeout configured as {} seconds. Timeout policy configured to TIME_OUT_WF",
+                    (now - wf.start_time) / 1000,
+                    def.timeout_seconds
+                );
+                self.end_workflow(workflow_id.to_string(), WorkflowStatus::TimedOut, reason, None)?;
+                return Ok(Ok(()));
+            }
+        }
+        let pending: Vec<usize> =
+            wf.tasks.iter().enumerate().filter(|(_, t)| !t.status.is_terminal()).map(|(i, _)| i).collect();
+        let mut timeout_wf = None;
+        for i in pending {
+            let task = self.workflow(workflow_id)?.expect("loaded above").tasks[i].clone();
+            if task.task_type == "WAIT" {
+                if task.visible_from > 0 && now >= task.visible_from {
+                    let t = &mut self.workflow(workflow_id)?.expect("loaded above").tasks[i];
+                    t.status = TaskStatus::Completed;
+                    t.end_time = now;
+                    t.update_time = now;
+                }
+                continue;
+            }
+            if is_system_type(&task.task_type) {
+                continue;
+            }
+            let Some(def) = self.task_def(&task.task_def_name)?.or_else(|| task.workflow_task.embedded_task_def())
+            else {
+                continue;
+            };
+            let secs = |s: i64| u64::try_from(s).unwrap_or(0) * 1000;
+            let mut timed_out = None;
+            let policy = serde_json::to_value(def.timeout_policy)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            if task.status == TaskStatus::Scheduled && task.start_time == 0 {
+                if let Some(poll) = def.poll_timeout_seconds.filter(|s| *s > 0) {
+                    let since = task.scheduled_time.max(task.visible_from);
+                    if now >= since + secs(poll) {
+                        timed_out = Some(format!(
+                            "Task poll timed out after {} seconds. Poll timeout configured as {poll} seconds. Timeout policy configured to {policy}",
+                            (now - since) / 1000
+                        ));
+                    }
+                }
+            }
+            if task.status == TaskStatus::InProgress && task.response_timeout_seconds > 0 {
+                let limit_ms = (task.response_timeout_seconds + task.callback_after_seconds) * 1000;
+                if now >= task.update_time + limit_ms {
+                    timed_out = Some(format!(
+                        "responseTimeout: {} exceeded for the taskId: {} with Task Definition: {}",
+                        task.response_timeout_seconds, task.task_id, task.task_def_name
+                    ));
+                }
+            }
+            if task.start_time > 0 && def.timeout_seconds > 0 && now >= task.start_time + secs(def.timeout_seconds) {
+                let reason = format!(
+                    "Task timed out after {} seconds. Timeout configured as {} seconds. Timeout policy configured to {policy}",
+                    (now - task.start_time) / 1000,
+                    def.timeout_seconds
+                );
+                match def.timeout_policy {
+                    TaskTimeoutPolicy::AlertOnly => {}
+                    TaskTimeoutPolicy::Retry => timed_out = Some(reason),
+                    TaskTimeoutPolicy::TimeOutWf => {
+                        timed_out = Some(reason);
+                        timeout_wf = Some(task.reference_task_name.clone());
+                    }
+                }
+            }
+            if let Some(reason) = timed_out {
+                let t = &mut self.workflow(workflow_id)?.expect("loaded above").tasks[i];
+                t.status = TaskStatus::TimedOut;
+                t.reason_for_incompletion = Some(reason);
+                t.end_time = now;
+                t.update_time = now;
+                if timeout_wf.as_deref() == Some(t.reference_task_name.as_str()) {
+                    t.executed = true;
+                }
+            }
+        }
+        if let Some(reference) = timeout_wf {
+            let wf = self.workflow(workflow_id)?.expect("loaded above");
+            wf.failed_reference_task_names.insert(reference.clone());
+            let reason = self
+                .workflow(workflow_id)?
+                .expect("loaded above")
+                .latest_by_ref(&reference)
+                .and_then(|t| t.reason_for_incompletion.clone())
+                .unwrap_or_default();
+            self.end_workflow(workflow_id.to_string(), WorkflowStatus::TimedOut, reason, None)?;
+            return Ok(Ok(()));
+        }
+        self.schedule_decide(workflow_id);
+        Ok(Ok(()))
+    }
+}

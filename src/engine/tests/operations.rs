@@ -1,0 +1,254 @@
+//! Operations: retries and failure handling, terminate, pause/resume, retry, restart, rerun, skip, routing slips.
+
+use serde_json::json;
+
+use super::World;
+use crate::engine::definitions::parse_json;
+use crate::engine::model::{TaskStatus, WorkflowStatus};
+use crate::engine::{Command, CommandResponse, RejectionKind};
+
+fn rejected(r: CommandResponse) -> RejectionKind {
+    match r {
+        CommandResponse::Rejected(rej) => rej.kind,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+fn two_step(w: &mut World) {
+    w.simple_tasks(&["a", "b"]);
+    w.workflow_def(json!({"name": "two", "tasks": [
+        {"name": "a", "taskReferenceName": "a"}, {"name": "b", "taskReferenceName": "b"}]}));
+}
+
+#[test]
+fn a_failed_task_is_retried_after_its_delay_then_the_workflow_carries_on() {
+    let mut w = World::new();
+    w.task_def(json!({"name": "flaky", "retryCount": 2, "retryLogic": "FIXED", "retryDelaySeconds": 5}));
+    w.workflow_def(json!({"name": "r", "tasks": [{"name": "flaky", "taskReferenceName": "f"}]}));
+    let id = w.start("r", json!({}));
+    let first = w.task(&id, "f").task_id.clone();
+    w.fail(&id, "f", "transient");
+    let retry = w.task(&id, "f").clone();
+    assert_ne!(retry.task_id, first);
+    assert_eq!(retry.retry_count, 1);
+    assert_eq!(retry.retried_task_id.as_deref(), Some(first.as_str()));
+    assert_eq!(retry.status, TaskStatus::Scheduled);
+    assert_eq!(retry.visible_from, w.now_ms + 5000);
+    assert!(w.wf(&id).task(&first).expect("kept").retried);
+    w.complete(&id, "f", json!({"ok": true}));
+    assert_eq!(w.status(&id), WorkflowStatus::Completed);
+}
+
+#[test]
+fn retry_delays_follow_the_retry_logic() {
+    use crate::engine::exec::retry_delay_ms;
+    let def = |logic: &str| {
+        parse_json::<crate::engine::definitions::TaskDef>(&format!(
+            r#"{{"name":"t","retryLogic":"{logic}","retryDelaySeconds":2,"backoffScaleFactor":3}}"#
+        ))
+        .expect("parses")
+    };
+    assert_eq!((0..3).map(|n| retry_delay_ms(&def("FIXED"), n)).collect::<Vec<_>>(), [2000, 2000, 2000]);
+    assert_eq!((0..3).map(|n| retry_delay_ms(&def("EXPONENTIAL_BACKOFF"), n)).collect::<Vec<_>>(), [2000, 4000, 8000]);
+    assert_eq!((0..3).map(|n| retry_delay_ms(&def("LINEAR_BACKOFF"), n)).collect::<Vec<_>>(), [6000, 12000, 18000]);
+}
+
+#[test]
+fn exhausted_retries_fail_the_workflow_and_start_its_failure_workflow() {
+    let mut w = World::new();
+    w.task_def(json!({"name": "flaky", "retryCount": 1, "retryDelaySeconds": 0}));
+    w.simple_tasks(&["cleanup"]);
+    w.workflow_def(json!({"name": "on_fail", "tasks": [{"name": "cleanup", "taskReferenceName": "c"}]}));
+    w.workflow_def(
+        json!({"name": "r", "failureWorkflow": "on_fail", "tasks": [{"name": "flaky", "taskReferenceName": "f"}]}),
+    );
+    let id = w.start("r", json!({}));
+    w.fail(&id, "f", "first");
+    w.fail(&id, "f", "second");
+    let wf = w.wf(&id).clone();
+    assert_eq!(wf.status, WorkflowStatus::Failed);
+    let failed_attempt = w.task(&id, "f").task_id.clone();
+    assert_eq!(
+        wf.reason_for_incompletion.as_deref(),
+        Some(format!("Task {failed_attempt} failed with status: FAILED and reason: 'second'").as_str())
+    );
+    assert_eq!(wf.output["conductor.failure_workflow"], json!(wf.failure_workflow_id.clone().expect("id")));
+    assert!(wf.failed_reference_task_names.contains("f"));
+    let failure = wf.failure_workflow_id.expect("failure workflow started");
+    let fw = w.wf(&failure);
+    assert_eq!(fw.workflow_name, "on_fail");
+    assert_eq!(fw.input["workflowId"], json!(id));
+    assert_eq!(fw.input["reason"], json!(wf.reason_for_incompletion));
+    assert_eq!(fw.input["failureStatus"], json!("FAILED"));
+    assert_eq!(fw.input["failureTaskId"], json!(w.task(&id, "f").task_id));
+}
+
+#[test]
+fn terminal_error_is_never_retried_and_optional_failures_do_not_stop_the_workflow() {
+    let mut w = World::new();
+    w.task_def(json!({"name": "flaky", "retryCount": 3}));
+    w.simple_tasks(&["next"]);
+    w.workflow_def(json!({"name": "opt", "tasks": [
+        {"name": "flaky", "taskReferenceName": "f", "optional": true}, {"name": "next", "taskReferenceName": "n"}]}));
+    let id = w.start("opt", json!({}));
+    w.fail_terminally(&id, "f", "bad data");
+    assert_eq!(w.wf(&id).tasks.iter().filter(|t| t.reference_task_name == "f").count(), 1, "no retry");
+    assert_eq!(w.task(&id, "f").status, TaskStatus::CompletedWithErrors);
+    assert_eq!(w.pending(&id), ["n"]);
+}
+
+#[test]
+fn terminate_cancels_pending_tasks_and_refuses_a_completed_workflow() {
+    let mut w = World::new();
+    two_step(&mut w);
+    let id = w.start("two", json!({}));
+    let r = w.run(Command::Terminate { workflow_id: id.clone(), reason: "operator".into() });
+    assert_eq!(r, CommandResponse::Done);
+    assert_eq!(w.status(&id), WorkflowStatus::Terminated);
+    assert_eq!(w.task(&id, "a").status, TaskStatus::Canceled);
+    assert_eq!(w.wf(&id).reason_for_incompletion.as_deref(), Some("operator"));
+    let again = w.run(Command::Terminate { workflow_id: id, reason: "again".into() });
+    assert_eq!(again, CommandResponse::Done, "terminating a TERMINATED workflow is a no-op");
+    let done = w.start("two", json!({}));
+    w.complete(&done, "a", json!({}));
+    w.complete(&done, "b", json!({}));
+    let r = w.run(Command::Terminate { workflow_id: done, reason: String::new() });
+    assert_eq!(rejected(r), RejectionKind::Conflict);
+    let ghost = w.run(Command::Terminate { workflow_id: "nope".into(), reason: String::new() });
+    assert_eq!(rejected(ghost), RejectionKind::NotFound);
+}
+
+#[test]
+fn a_paused_workflow_records_completions_but_schedules_nothing_until_resumed() {
+    let mut w = World::new();
+    two_step(&mut w);
+    let id = w.start("two", json!({}));
+    assert_eq!(w.run(Command::Pause { workflow_id: id.clone() }), CommandResponse::Done);
+    w.complete(&id, "a", json!({}));
+    assert_eq!(w.status(&id), WorkflowStatus::Paused);
+    assert!(w.pending(&id).is_empty(), "{}", w.dump(&id));
+    assert_eq!(w.run(Command::Resume { workflow_id: id.clone() }), CommandResponse::Done);
+    assert_eq!(w.pending(&id), ["b"]);
+}
+
+#[test]
+fn retry_reschedules_the_failed_task_of_a_failed_workflow() {
+    let mut w = World::new();
+    two_step(&mut w);
+    let id = w.start("two", json!({}));
+    w.complete(&id, "a", json!({}));
+    w.fail(&id, "b", "down");
+    assert_eq!(w.status(&id), WorkflowStatus::Failed);
+    assert_eq!(w.run(Command::Retry { workflow_id: id.clone() }), CommandResponse::Done);
+    assert_eq!(w.status(&id), WorkflowStatus::Running);
+    assert_eq!(w.pending(&id), ["b"]);
+    w.complete(&id, "b", json!({}));
+    assert_eq!(w.status(&id), WorkflowStatus::Completed);
+    let running = w.start("two", json!({}));
+    assert_eq!(rejected(w.run(Command::Retry { workflow_id: running })), RejectionKind::Conflict);
+}
+
+#[test]
+fn restart_runs_a_finished_workflow_again_unless_it_is_not_restartable() {
+    let mut w = World::new();
+    two_step(&mut w);
+    let id = w.start("two", json!({"k": 1}));
+    w.complete(&id, "a", json!({}));
+    w.complete(&id, "b", json!({}));
+    let r = w.run(Command::Restart { workflow_id: id.clone(), use_latest_definition: false });
+    assert_eq!(r, CommandResponse::Done);
+    assert_eq!(w.status(&id), WorkflowStatus::Running);
+    assert_eq!(w.pending(&id), ["a"]);
+    assert_eq!(w.wf(&id).input["k"], json!(1));
+
+    w.workflow_def(json!({"name": "once", "restartable": false, "tasks": [{"name": "a", "taskReferenceName": "a"}]}));
+    let id = w.start("once", json!({}));
+    w.complete(&id, "a", json!({}));
+    let r = w.run(Command::Restart { workflow_id: id, use_latest_definition: false });
+    assert_eq!(rejected(r), RejectionKind::Conflict);
+}
+
+#[test]
+fn rerun_from_a_task_drops_it_and_what_followed_and_runs_it_with_new_input() {
+    let mut w = World::new();
+    two_step(&mut w);
+    let id = w.start("two", json!({}));
+    w.complete(&id, "a", json!({"v": 1}));
+    w.complete(&id, "b", json!({}));
+    let a = w.task(&id, "a").task_id.clone();
+    let r = w.run(Command::Rerun {
+        workflow_id: id.clone(),
+        from_task_id: a,
+        task_input: Some(super::obj(json!({"again": true}))),
+        workflow_input: None,
+    });
+    assert_eq!(r, CommandResponse::Done);
+    assert_eq!(w.pending(&id), ["a"]);
+    assert_eq!(w.task(&id, "a").input_data["again"], json!(true));
+    assert_eq!(w.wf(&id).tasks.len(), 1);
+}
+
+#[test]
+fn skip_passes_over_a_step_not_yet_scheduled_and_refuses_one_already_processed() {
+    let mut w = World::new();
+    two_step(&mut w);
+    let id = w.start("two", json!({}));
+    let r =
+        w.run(Command::SkipTask { workflow_id: id.clone(), task_ref: "b".into(), output: super::obj(json!({"s": 1})) });
+    assert_eq!(r, CommandResponse::Done);
+    let again = w.run(Command::SkipTask { workflow_id: id.clone(), task_ref: "a".into(), output: Default::default() });
+    assert_eq!(rejected(again), RejectionKind::Conflict);
+    w.complete(&id, "a", json!({}));
+    assert_eq!(w.task(&id, "b").status, TaskStatus::Skipped);
+    assert_eq!(w.status(&id), WorkflowStatus::Completed, "{}", w.dump(&id));
+    assert_eq!(w.wf(&id).output, super::obj(json!({"s": 1})), "the skipped step's output is the last task's");
+}
+
+#[test]
+fn a_routing_slip_runs_an_inline_definition_without_registering_it() {
+    let mut w = World::new();
+    w.simple_tasks(&["x", "y"]);
+    let mut req = w.start_request("", json!({}));
+    req.definition = Some(
+        parse_json(
+            r#"{"name":"slip","tasks":[{"name":"y","taskReferenceName":"y"},{"name":"x","taskReferenceName":"x"}]}"#,
+        )
+        .expect("parses"),
+    );
+    let CommandResponse::WorkflowStarted { workflow_id } = w.run(Command::StartWorkflow(req)) else { panic!("start") };
+    assert_eq!(w.pending(&workflow_id), ["y"]);
+    assert!(w.state.workflow_defs.is_empty(), "nothing registered");
+}
+
+#[test]
+fn starting_an_unknown_workflow_or_reusing_an_id_is_refused() {
+    let mut w = World::new();
+    let req = w.start_request("ghost", json!({}));
+    assert_eq!(rejected(w.run(Command::StartWorkflow(req))), RejectionKind::NotFound);
+    two_step(&mut w);
+    let mut req = w.start_request("two", json!({}));
+    req.workflow_id = "fixed".into();
+    assert!(matches!(w.run(Command::StartWorkflow(req.clone())), CommandResponse::WorkflowStarted { .. }));
+    assert_eq!(rejected(w.run(Command::StartWorkflow(req))), RejectionKind::Conflict);
+}
+
+#[test]
+fn updates_to_finished_tasks_are_acknowledged_and_change_nothing() {
+    let mut w = World::new();
+    two_step(&mut w);
+    let id = w.start("two", json!({}));
+    w.complete(&id, "a", json!({"first": true}));
+    let before = w.wf(&id).clone();
+    let task_id = w.task(&id, "a").task_id.clone();
+    let update = crate::engine::ops::TaskUpdate {
+        status: TaskStatus::Completed,
+        output: super::obj(json!({"second": true})),
+        reason: None,
+        callback_after_seconds: 0,
+        worker_id: None,
+    };
+    // Conductor acknowledges a repeated update of a finished task and changes nothing.
+    let r = w.run(Command::UpdateTask { workflow_id: id.clone(), task_id, update });
+    assert_eq!(r, CommandResponse::Done);
+    assert_eq!(w.wf(&id), &before);
+}

@@ -1,0 +1,155 @@
+//! Workflows through the cluster: started on a follower, driven through task updates sent to other nodes, read
+//! back identical (same state_hash) from every node; bad definitions and inputs refused with the field's path.
+
+mod support;
+
+use anyhow::{ensure, Context, Result};
+use serde_json::{json, Value};
+use support::*;
+
+/// Completes the pending worker task with this reference name through `via`; returns its task id.
+async fn complete(via: &Node, workflow_id: &str, reference: &str, output: Value) -> Result<String> {
+    let wf = get(via, &format!("/api/workflow/{workflow_id}")).await?.ok()?.json()?;
+    let task = wf["tasks"]
+        .as_array()
+        .context("tasks")?
+        .iter()
+        .rev()
+        .find(|t| t["referenceTaskName"] == reference && t["status"] == "SCHEDULED")
+        .with_context(|| format!("no scheduled task {reference} in {wf}"))?;
+    let task_id = task["taskId"].as_str().context("taskId")?.to_string();
+    let result =
+        json!({"workflowInstanceId": workflow_id, "taskId": task_id, "status": "COMPLETED", "outputData": output});
+    let reply = post_json(via, "/api/tasks", &result).await?.ok()?;
+    ensure!(reply.body == task_id, "POST /api/tasks answered {:?}", reply.body);
+    Ok(task_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_started_on_a_follower_completes_and_reads_the_same_on_every_node() -> Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let leader = cluster.leader().await?;
+    let followers: Vec<&Node> = cluster.nodes().iter().filter(|n| n.id != leader).collect();
+    let (a, b) = (followers[0], followers[1]);
+    for name in ["fetch", "resize", "thumb", "publish"] {
+        register_task_def(a, name).await?;
+    }
+    let def = json!({
+        "name": "media", "version": 1,
+        "tasks": [
+            {"name": "fetch", "taskReferenceName": "fetch", "inputParameters": {"url": "${workflow.input.url}"}},
+            {"name": "fork", "taskReferenceName": "fork", "type": "FORK_JOIN", "forkTasks": [
+                [{"name": "resize", "taskReferenceName": "resize", "inputParameters": {"src": "${fetch.output.path}"}}],
+                [{"name": "thumb", "taskReferenceName": "thumb"}]]},
+            {"name": "join", "taskReferenceName": "join", "type": "JOIN", "joinOn": ["resize", "thumb"]},
+            {"name": "route", "taskReferenceName": "route", "type": "SWITCH", "evaluatorType": "value-param",
+             "expression": "mode", "inputParameters": {"mode": "${workflow.input.mode}"},
+             "decisionCases": {"publish": [{"name": "publish", "taskReferenceName": "publish"}]}}
+        ],
+        "outputParameters": {"resized": "${resize.output.path}", "published": "${publish.output.at}"}
+    });
+    post_json(b, "/api/metadata/workflow", &def).await?.ok()?;
+
+    let started =
+        post_json(a, "/api/workflow", &json!({"name": "media", "input": {"url": "s3://in.mov", "mode": "publish"}}))
+            .await?
+            .ok()?;
+    let id = started.body.clone();
+    ensure!(uuid_like(&id), "start answered {id:?}");
+
+    // Drive the workflow through different nodes.
+    complete(b, &id, "fetch", json!({"path": "/tmp/in.mov"})).await?;
+    let wf = get(a, &format!("/api/workflow/{id}")).await?.ok()?.json()?;
+    let resize = wf["tasks"]
+        .as_array()
+        .context("tasks")?
+        .iter()
+        .find(|t| t["referenceTaskName"] == "resize")
+        .context("resize")?;
+    ensure!(resize["inputData"]["src"] == "/tmp/in.mov", "resize input not wired: {resize}");
+    complete(cluster.node(leader), &id, "thumb", json!({"thumb": "t.png"})).await?;
+    complete(a, &id, "resize", json!({"path": "/out/r.mp4"})).await?;
+    complete(b, &id, "publish", json!({"at": "https://cdn/r.mp4"})).await?;
+
+    let statuses = cluster.wait_converged().await?;
+    for node in cluster.nodes() {
+        let wf = get(node, &format!("/api/workflow/{id}")).await?.ok()?.json()?;
+        ensure!(wf["status"] == "COMPLETED", "n{}: {}", node.id, wf["status"]);
+        ensure!(
+            wf["output"] == json!({"resized": "/out/r.mp4", "published": "https://cdn/r.mp4"}),
+            "n{} output {}",
+            node.id,
+            wf["output"]
+        );
+    }
+    ensure!(statuses.iter().all(|s| s.state_hash == statuses[0].state_hash));
+    // includeTasks=false leaves the tasks out.
+    let bare = get(a, &format!("/api/workflow/{id}?includeTasks=false")).await?.ok()?.json()?;
+    ensure!(bare["tasks"].as_array().is_some_and(Vec::is_empty), "{bare}");
+    cluster.pass();
+    Ok(())
+}
+
+fn uuid_like(s: &str) -> bool {
+    s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_slips_bad_definitions_and_operations_through_the_cluster() -> Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let leader = cluster.leader().await?;
+    let via = cluster.nodes().iter().find(|n| n.id != leader).context("follower")?;
+    register_task_def(via, "step").await?;
+
+    // A routing slip: the steps come with the request, nothing is registered.
+    let slip = json!({"name": "slip", "input": {"n": 1}, "workflowDef": {"name": "slip", "tasks": [
+        {"name": "step", "taskReferenceName": "only"}]}});
+    let id = post_json(via, "/api/workflow", &slip).await?.ok()?.body;
+    let reply = get(via, "/api/metadata/workflow/slip").await?;
+    ensure!(reply.status == 404, "an inline definition must not be registered: {}", reply.status);
+
+    // Pause, resume, terminate.
+    let put = client().put(format!("{}/api/workflow/{id}/pause", via.http_base())).send().await?;
+    ensure!(put.status() == 200, "pause: {}", put.status());
+    let wf = get(via, &format!("/api/workflow/{id}")).await?.ok()?.json()?;
+    ensure!(wf["status"] == "PAUSED", "{}", wf["status"]);
+    let put = client().put(format!("{}/api/workflow/{id}/resume", via.http_base())).send().await?;
+    ensure!(put.status() == 200);
+    let del = client().delete(format!("{}/api/workflow/{id}?reason=enough", via.http_base())).send().await?;
+    ensure!(del.status() == 200, "terminate: {}", del.status());
+    let wf = get(via, &format!("/api/workflow/{id}")).await?.ok()?.json()?;
+    ensure!(wf["status"] == "TERMINATED" && wf["reasonForIncompletion"] == "enough", "{wf}");
+
+    // Bad definitions name the path; nothing is stored.
+    let before = cluster.node(leader).status().await?;
+    let bad = json!({"name": "bad", "tasks": [
+        {"name": "step", "taskReferenceName": "a"},
+        {"name": "f", "taskReferenceName": "f", "type": "FORK_JOIN", "forkTasks": [[{"name": "step", "taskReferenceName": "a"}]]},
+        {"name": "j", "taskReferenceName": "j", "type": "JOIN", "joinOn": ["nope"]}]});
+    let reply = post_json(via, "/api/metadata/workflow", &bad).await?;
+    ensure!(reply.status == 400, "bad def: {} {}", reply.status, reply.body);
+    let body = reply.json()?;
+    let paths: Vec<&str> = body["validationErrors"]
+        .as_array()
+        .context("validationErrors")?
+        .iter()
+        .filter_map(|e| e["path"].as_str())
+        .collect();
+    ensure!(paths.contains(&"tasks[1].forkTasks[0][0].taskReferenceName"), "{body}");
+    ensure!(paths.contains(&"tasks[2].joinOn[0]"), "{body}");
+    let unknown_task = json!({"name": "bad2", "tasks": [{"name": "never_registered", "taskReferenceName": "x"}]});
+    let reply = post_json(via, "/api/metadata/workflow", &unknown_task).await?;
+    ensure!(reply.status == 400 && reply.body.contains("tasks[0].name"), "{} {}", reply.status, reply.body);
+    let reply = post_json(via, "/api/workflow", &json!({"name": "no_such_workflow"})).await?;
+    ensure!(reply.status == 404, "unknown workflow: {} {}", reply.status, reply.body);
+    let reply =
+        post_json(via, "/api/workflow", &json!({"name": "x", "workflowDef": {"name": "x", "tasks": []}})).await?;
+    ensure!(reply.status == 400 && reply.body.contains("workflowDef.tasks"), "{} {}", reply.status, reply.body);
+    let after = cluster.node(leader).status().await?;
+    ensure!(after.last_log_index >= before.last_log_index);
+    for name in ["bad", "bad2"] {
+        ensure!(get(via, &format!("/api/metadata/workflow/{name}")).await?.status == 404, "{name} was stored");
+    }
+    cluster.pass();
+    Ok(())
+}
