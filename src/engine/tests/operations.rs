@@ -252,3 +252,81 @@ fn updates_to_finished_tasks_are_acknowledged_and_change_nothing() {
     assert_eq!(r, CommandResponse::Done);
     assert_eq!(w.wf(&id), &before);
 }
+
+#[test]
+fn retry_after_a_failed_fork_branch_reruns_the_branch_and_the_join() {
+    let mut w = World::new();
+    w.simple_tasks(&["a", "b", "end"]);
+    w.workflow_def(json!({"name": "fj", "tasks": [
+        {"name": "fork", "taskReferenceName": "fork", "type": "FORK_JOIN", "forkTasks": [
+            [{"name": "a", "taskReferenceName": "a"}], [{"name": "b", "taskReferenceName": "b"}]]},
+        {"name": "join", "taskReferenceName": "join", "type": "JOIN", "joinOn": ["a", "b"]},
+        {"name": "end", "taskReferenceName": "end"}]}));
+    let id = w.start("fj", json!({}));
+    w.complete(&id, "a", json!({"a": 1}));
+    w.fail(&id, "b", "down");
+    assert_eq!(w.status(&id), WorkflowStatus::Failed);
+    assert_eq!(w.task(&id, "join").status, TaskStatus::Canceled);
+    assert_eq!(w.run(Command::Retry { workflow_id: id.clone() }), CommandResponse::Done);
+    assert_eq!(w.pending(&id), ["b"], "{}", w.dump(&id));
+    w.complete(&id, "b", json!({"b": 2}));
+    assert_eq!(w.pending(&id), ["end"], "{}", w.dump(&id));
+    assert_eq!(w.task(&id, "join").output_data, super::obj(json!({"a": {"a": 1}, "b": {"b": 2}})));
+}
+
+#[test]
+fn restart_with_the_latest_definition_runs_the_new_steps() {
+    let mut w = World::new();
+    two_step(&mut w);
+    let id = w.start("two", json!({}));
+    w.complete(&id, "a", json!({}));
+    w.complete(&id, "b", json!({}));
+    w.workflow_def(json!({"name": "two", "version": 2, "tasks": [{"name": "b", "taskReferenceName": "b_first"}]}));
+    let r = w.run(Command::Restart { workflow_id: id.clone(), use_latest_definition: true });
+    assert_eq!(r, CommandResponse::Done);
+    assert_eq!(w.pending(&id), ["b_first"]);
+    assert_eq!(w.wf(&id).workflow_version, 2);
+}
+
+#[test]
+fn terminating_a_workflow_by_operator_starts_no_failure_workflow() {
+    let mut w = World::new();
+    w.simple_tasks(&["a", "cleanup"]);
+    w.workflow_def(json!({"name": "on_fail", "tasks": [{"name": "cleanup", "taskReferenceName": "c"}]}));
+    w.workflow_def(
+        json!({"name": "guarded", "failureWorkflow": "on_fail", "tasks": [{"name": "a", "taskReferenceName": "a"}]}),
+    );
+    let id = w.start("guarded", json!({}));
+    assert_eq!(w.run(Command::Terminate { workflow_id: id.clone(), reason: "stop".into() }), CommandResponse::Done);
+    assert_eq!(w.wf(&id).failure_workflow_id, None);
+    assert_eq!(w.state.workflows.len(), 1);
+}
+
+#[test]
+fn definitions_with_malformed_expressions_or_scripts_are_refused_with_their_paths() {
+    let mut w = World::new();
+    w.simple_tasks(&["a"]);
+    let def: crate::engine::definitions::WorkflowDef = parse_json(
+        &json!({"name": "bad", "tasks": [
+            {"name": "a", "taskReferenceName": "a", "inputParameters": {"x": "${workflow.input.x", "ok": "${a.output}"}},
+            {"name": "s", "taskReferenceName": "s", "type": "SWITCH", "evaluatorType": "javascript",
+             "expression": "$.x ==== 1", "decisionCases": {"1": [{"name": "a", "taskReferenceName": "a2"}]}},
+            {"name": "l", "taskReferenceName": "l", "type": "DO_WHILE", "loopOver": [{"name": "a", "taskReferenceName": "a3"}]},
+            {"name": "t", "taskReferenceName": "t", "type": "TERMINATE", "inputParameters": {"terminationStatus": "DONE"}}
+        ]})
+        .to_string(),
+    )
+    .expect("parses");
+    let response = w.run(Command::RegisterWorkflowDef { def, overwrite: false });
+    let CommandResponse::Rejected(rejection) = response else { panic!("expected a rejection") };
+    let paths: Vec<_> = rejection.field_errors.iter().map(|e| e.path.as_str()).collect();
+    for expected in [
+        "tasks[0].inputParameters.x",
+        "tasks[1].expression",
+        "tasks[2].loopCondition",
+        "tasks[3].inputParameters.terminationStatus",
+    ] {
+        assert!(paths.contains(&expected), "{expected} not in {paths:?}");
+    }
+    assert!(w.state.workflow_defs.is_empty());
+}

@@ -296,3 +296,72 @@ fn wait_with_duration_completes_on_the_tick_after_it_and_human_waits_for_a_signa
     assert_eq!(r, crate::engine::CommandResponse::Done);
     assert_eq!(w.status(&id), WorkflowStatus::Completed);
 }
+
+#[test]
+fn start_delay_hides_a_task_from_workers_until_it_passes() {
+    let mut w = World::new();
+    w.simple_tasks(&["later"]);
+    w.workflow_def(
+        json!({"name": "delayed", "tasks": [{"name": "later", "taskReferenceName": "l", "startDelay": 30}]}),
+    );
+    let id = w.start("delayed", json!({}));
+    assert_eq!(w.task(&id, "l").visible_from, w.now_ms + 30_000);
+}
+
+#[test]
+fn wait_until_an_absolute_time_completes_on_the_first_tick_after_it() {
+    let mut w = World::new();
+    w.workflow_def(json!({"name": "until", "tasks": [
+        {"name": "w", "taskReferenceName": "w", "type": "WAIT", "inputParameters": {"until": "2023-11-14 22:15 UTC"}}]}));
+    // World's clock starts at 2023-11-14 22:13:20 UTC (1_700_000_000_000 ms).
+    let id = w.start("until", json!({}));
+    assert_eq!(w.task(&id, "w").visible_from, 1_700_000_100_000);
+    w.advance(99_999);
+    w.tick(&id);
+    assert_eq!(w.status(&id), WorkflowStatus::Running);
+    w.advance(1);
+    w.tick(&id);
+    assert_eq!(w.status(&id), WorkflowStatus::Completed);
+}
+
+#[test]
+fn a_bad_wait_duration_fails_the_task() {
+    let mut w = World::new();
+    w.workflow_def(json!({"name": "badwait", "tasks": [
+        {"name": "w", "taskReferenceName": "w", "type": "WAIT", "inputParameters": {"duration": "${workflow.input.d}"}}]}));
+    let id = w.start("badwait", json!({"d": "soon"}));
+    assert_eq!(w.task(&id, "w").status, TaskStatus::Failed);
+    assert_eq!(w.status(&id), WorkflowStatus::Failed);
+}
+
+#[test]
+fn sub_workflow_with_an_inline_definition_needs_nothing_registered() {
+    let mut w = World::new();
+    w.simple_tasks(&["inner"]);
+    w.workflow_def(json!({"name": "parent_inline", "tasks": [
+        {"name": "sub", "taskReferenceName": "sub", "type": "SUB_WORKFLOW",
+         "subWorkflowParam": {"name": "adhoc", "workflowDefinition": {"name": "adhoc", "tasks": [
+             {"name": "inner", "taskReferenceName": "inner"}]}}}]}));
+    let id = w.start("parent_inline", json!({}));
+    let child = w.task(&id, "sub").sub_workflow_id.clone().expect("child");
+    assert_eq!(w.wf(&child).workflow_name, "adhoc");
+    w.complete(&child, "inner", json!({"v": 1}));
+    assert_eq!(w.status(&id), WorkflowStatus::Completed);
+    assert_eq!(w.task(&id, "sub").output_data["v"], json!(1));
+    assert_eq!(w.task(&id, "sub").output_data["subWorkflowId"], json!(child));
+}
+
+#[test]
+fn a_failed_optional_task_in_a_fork_completes_the_join_with_errors() {
+    let mut w = World::new();
+    w.simple_tasks(&["a", "b"]);
+    w.workflow_def(json!({"name": "fjopt", "tasks": [
+        {"name": "fork", "taskReferenceName": "fork", "type": "FORK_JOIN", "forkTasks": [
+            [{"name": "a", "taskReferenceName": "a", "optional": true}], [{"name": "b", "taskReferenceName": "b"}]]},
+        {"name": "join", "taskReferenceName": "join", "type": "JOIN", "joinOn": ["a", "b"]}]}));
+    let id = w.start("fjopt", json!({}));
+    w.fail(&id, "a", "meh");
+    w.complete(&id, "b", json!({"b": 1}));
+    assert_eq!(w.task(&id, "join").status, TaskStatus::CompletedWithErrors);
+    assert_eq!(w.status(&id), WorkflowStatus::Completed);
+}
