@@ -95,6 +95,7 @@ fn complete(m: &Mem, id: &str, reference: &str) -> Command {
         reason: None,
         callback_after_seconds: 0,
         worker_id: Some("w".into()),
+        lease: None,
     };
     Command::UpdateTask { workflow_id: id.to_string(), task_id, update }
 }

@@ -30,6 +30,9 @@ pub enum ApiError {
     /// The operation does not apply in the current state.
     #[error("{0}")]
     Conflict(String),
+    /// A worker's lease is no longer valid: the task was handed out again or finished.
+    #[error("{0}")]
+    StaleLease(String),
     /// No leader could be reached in time, or this node is shutting down; nothing was applied.
     #[error("{0}")]
     Unavailable(String),
@@ -64,6 +67,7 @@ impl From<Rejection> for ApiError {
             RejectionKind::NotFound => ApiError::NotFound(r.message),
             RejectionKind::AlreadyExists => ApiError::AlreadyExists(r.message),
             RejectionKind::Conflict => ApiError::Conflict(r.message),
+            RejectionKind::StaleLease => ApiError::StaleLease(r.message),
         }
     }
 }
@@ -90,7 +94,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::Invalid { .. } => tonic::Status::invalid_argument(message),
             ApiError::NotFound(_) => tonic::Status::not_found(message),
             ApiError::AlreadyExists(_) => tonic::Status::already_exists(message),
-            ApiError::Conflict(_) => tonic::Status::failed_precondition(message),
+            ApiError::Conflict(_) | ApiError::StaleLease(_) => tonic::Status::failed_precondition(message),
             ApiError::Unavailable(_) => tonic::Status::unavailable(message),
             ApiError::OutcomeUnknown(_) => tonic::Status::deadline_exceeded(message),
             ApiError::Internal(_) => tonic::Status::internal(message),
@@ -115,7 +119,9 @@ impl IntoResponse for ApiError {
         let (status, retryable, validation_errors) = match self {
             ApiError::Invalid { field_errors, .. } => (StatusCode::BAD_REQUEST, false, field_errors),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, false, Vec::new()),
-            ApiError::AlreadyExists(_) | ApiError::Conflict(_) => (StatusCode::CONFLICT, false, Vec::new()),
+            ApiError::AlreadyExists(_) | ApiError::Conflict(_) | ApiError::StaleLease(_) => {
+                (StatusCode::CONFLICT, false, Vec::new())
+            }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, true, Vec::new()),
             ApiError::OutcomeUnknown(_) => (StatusCode::GATEWAY_TIMEOUT, true, Vec::new()),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, false, Vec::new()),

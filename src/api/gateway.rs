@@ -45,7 +45,7 @@ impl Gateway {
         let committed = self.proposer.propose(command).await?;
         match committed.response {
             CommandResponse::Rejected(rejection) => Err(rejection.into()),
-            CommandResponse::Done | CommandResponse::WorkflowStarted { .. } => Ok(committed),
+            _ => Ok(committed),
         }
     }
 

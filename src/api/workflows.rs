@@ -67,6 +67,7 @@ impl From<&TaskResult> for TaskUpdate {
             reason: r.reason_for_incompletion.clone(),
             callback_after_seconds: r.callback_after_seconds,
             worker_id: r.worker_id.clone(),
+            lease: None,
         }
     }
 }

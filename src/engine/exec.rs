@@ -129,6 +129,8 @@ pub enum Refusal {
     Conflict(String),
     /// The request is malformed.
     Invalid(String),
+    /// A worker reported with a lease that is no longer the task's.
+    StaleLease(String),
 }
 
 /// Result of an operation: Ok, a refusal, or a fatal state read error.
@@ -196,6 +198,45 @@ impl<'s, S: StateView> Exec<'s, S> {
         }
     }
 
+    /// The earliest time a `Tick` could change this workflow: its own timeout, a WAIT's end, or a task's poll,
+    /// response or execution timeout. 0 when nothing is timed.
+    fn next_tick(&mut self, wf: &Workflow) -> Result<u64, StateError> {
+        use super::definitions::{TaskTimeoutPolicy, WorkflowTimeoutPolicy};
+        if wf.status != WorkflowStatus::Running {
+            return Ok(0);
+        }
+        let mut due = u64::MAX;
+        let def = &wf.workflow_definition;
+        if def.timeout_seconds > 0 && def.timeout_policy == WorkflowTimeoutPolicy::TimeOutWf {
+            due = due.min(wf.start_time + u64::try_from(def.timeout_seconds).unwrap_or(0) * 1000);
+        }
+        for task in wf.tasks.iter().filter(|t| !t.status.is_terminal()) {
+            if task.task_type == "WAIT" {
+                if task.visible_from > 0 {
+                    due = due.min(task.visible_from);
+                }
+                continue;
+            }
+            if is_system_type(&task.task_type) {
+                continue;
+            }
+            let Some(td) = self.effective_task_def(task)? else { continue };
+            let secs = |s: i64| u64::try_from(s).unwrap_or(0) * 1000;
+            if task.status == TaskStatus::Scheduled && task.start_time == 0 {
+                if let Some(poll) = td.poll_timeout_seconds.filter(|s| *s > 0) {
+                    due = due.min(task.scheduled_time.max(task.visible_from) + secs(poll));
+                }
+            }
+            if task.status == TaskStatus::InProgress && task.response_timeout_seconds > 0 {
+                due = due.min(task.update_time + (task.response_timeout_seconds + task.callback_after_seconds) * 1000);
+            }
+            if task.start_time > 0 && td.timeout_seconds > 0 && td.timeout_policy != TaskTimeoutPolicy::AlertOnly {
+                due = due.min(task.start_time + secs(td.timeout_seconds));
+            }
+        }
+        Ok(if due == u64::MAX { 0 } else { due })
+    }
+
     /// Marks a workflow for another decision round before the command ends.
     pub fn schedule_decide(&mut self, id: &str) {
         self.to_decide.insert(id.to_string());
@@ -211,12 +252,14 @@ impl<'s, S: StateView> Exec<'s, S> {
             }
             self.decide(&id)?;
         }
-        Ok(self
-            .dirty
-            .iter()
-            .filter_map(|id| self.workflows.remove(id))
-            .map(|wf| Mutation::PutWorkflow(Box::new(wf)))
-            .collect())
+        let dirty: Vec<String> = self.dirty.iter().cloned().collect();
+        let mut mutations = Vec::with_capacity(dirty.len());
+        for id in dirty {
+            let Some(mut wf) = self.workflows.remove(&id) else { continue };
+            wf.next_tick_ms = self.next_tick(&wf)?;
+            mutations.push(Mutation::PutWorkflow(Box::new(wf)));
+        }
+        Ok(mutations)
     }
 
     // ------------------------------------------------------------------ the decider
@@ -374,7 +417,7 @@ impl<'s, S: StateView> Exec<'s, S> {
     /// The task definition that governs a task: the registered one, the inline `taskDefinition`, or for a worker
     /// task with neither, Conductor's defaults (3 retries, FIXED 60 s, response timeout 3600 s). System tasks
     /// without a definition are never retried.
-    fn effective_task_def(&mut self, task: &Task) -> Result<Option<TaskDef>, StateError> {
+    pub(crate) fn effective_task_def(&mut self, task: &Task) -> Result<Option<TaskDef>, StateError> {
         if let Some(def) = self.task_def(&task.task_def_name)?.or_else(|| task.workflow_task.embedded_task_def()) {
             return Ok(Some(def));
         }
@@ -609,6 +652,8 @@ impl<'s, S: StateView> Exec<'s, S> {
             iteration,
             sub_workflow_id: None,
             workflow_task: step.clone(),
+            lease_seq: 0,
+            finished_by_lease: None,
         })
     }
 
@@ -1316,5 +1361,6 @@ pub fn new_workflow(
         tasks: Vec::new(),
         next_seq: 0,
         failure_workflow_id: None,
+        next_tick_ms: 0,
     }
 }

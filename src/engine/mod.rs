@@ -27,8 +27,9 @@ use serde_json::{Map, Value};
 
 use definitions::{validate_task_def, validate_workflow_def, FieldError, TaskDef, WorkflowDef};
 use exec::{Exec, Refusal};
+use model::LeaseRef;
 use model::Workflow;
-use ops::{StartWorkflow, TaskUpdate};
+use ops::{LeaseGrant, StartWorkflow, TaskRef, TaskUpdate};
 
 /// A state change a client asked for. One variant per operation; each is applied atomically.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,6 +139,24 @@ pub enum Command {
         /// The workflow.
         workflow_id: String,
     },
+    /// Hand tasks to a worker under new leases (proposed by the leader's dispatcher).
+    LeaseTasks {
+        /// The worker.
+        worker_id: String,
+        /// The tasks.
+        tasks: Vec<TaskRef>,
+    },
+    /// A lease holder's heartbeat.
+    ExtendLease {
+        /// The workflow.
+        workflow_id: String,
+        /// The task.
+        task_id: String,
+        /// The lease held.
+        lease: LeaseRef,
+    },
+    /// Several commands proposed as one log entry (group commit); each is applied in order and answered alone.
+    Batch(Vec<Command>),
 }
 
 impl Command {
@@ -160,6 +179,9 @@ impl Command {
             Command::Rerun { .. } => "rerun",
             Command::SkipTask { .. } => "skip_task",
             Command::Tick { .. } => "tick",
+            Command::LeaseTasks { .. } => "lease_tasks",
+            Command::ExtendLease { .. } => "extend_lease",
+            Command::Batch(_) => "batch",
         }
     }
 
@@ -232,6 +254,13 @@ pub enum CommandResponse {
         /// The new workflow's id.
         workflow_id: String,
     },
+    /// Leases granted.
+    Leased {
+        /// One per task handed out.
+        granted: Vec<LeaseGrant>,
+    },
+    /// The answers of a batch, in order.
+    Batch(Vec<CommandResponse>),
     /// Refused; nothing changed.
     Rejected(Rejection),
 }
@@ -258,6 +287,8 @@ pub enum RejectionKind {
     AlreadyExists,
     /// The operation does not apply in the current state (e.g. terminating a finished workflow).
     Conflict,
+    /// A worker's lease is no longer valid.
+    StaleLease,
 }
 
 impl Rejection {
@@ -315,6 +346,17 @@ impl Applied {
 
 /// Applies one proposal to the state. Pure: the same state and proposal give the same result on every replica.
 pub fn apply(state: &impl StateView, proposal: &Proposal) -> Result<Applied, StateError> {
+    if let Command::Batch(commands) = &proposal.command {
+        return apply_batch(state, proposal.at_ms, commands);
+    }
+    apply_one(state, proposal)
+}
+
+/// Applies one command that is not a batch.
+fn apply_one(state: &impl StateView, proposal: &Proposal) -> Result<Applied, StateError> {
+    if matches!(proposal.command, Command::Batch(_)) {
+        return Ok(Applied::rejected(Rejection::new(RejectionKind::Invalid, "a batch cannot contain a batch")));
+    }
     let field_errors = proposal.command.validate();
     if !field_errors.is_empty() {
         return Ok(Applied::rejected(Rejection {
@@ -376,6 +418,81 @@ pub fn apply(state: &impl StateView, proposal: &Proposal) -> Result<Applied, Sta
     Ok(Applied { mutations, response: CommandResponse::Done })
 }
 
+/// Applies a batch's commands in order, each seeing the changes of those before it.
+fn apply_batch(state: &impl StateView, at_ms: u64, commands: &[Command]) -> Result<Applied, StateError> {
+    let mut overlay = Overlay {
+        base: state,
+        task_defs: Default::default(),
+        workflow_defs: Default::default(),
+        workflows: Default::default(),
+    };
+    let mut mutations = Vec::new();
+    let mut responses = Vec::with_capacity(commands.len());
+    for command in commands {
+        let applied = apply_one(&overlay, &Proposal { at_ms, command: command.clone() })?;
+        for m in &applied.mutations {
+            overlay.record(m);
+        }
+        mutations.extend(applied.mutations);
+        responses.push(applied.response);
+    }
+    Ok(Applied { mutations, response: CommandResponse::Batch(responses) })
+}
+
+/// The state as of before a batch, plus what the batch's earlier commands wrote.
+struct Overlay<'s, S: StateView> {
+    base: &'s S,
+    task_defs: std::collections::BTreeMap<String, TaskDef>,
+    workflow_defs: std::collections::BTreeMap<(String, u32), WorkflowDef>,
+    workflows: std::collections::BTreeMap<String, Workflow>,
+}
+
+impl<S: StateView> Overlay<'_, S> {
+    fn record(&mut self, mutation: &Mutation) {
+        match mutation {
+            Mutation::PutTaskDef(d) => {
+                self.task_defs.insert(d.name.clone(), d.clone());
+            }
+            Mutation::PutWorkflowDef(d) => {
+                self.workflow_defs.insert((d.name.clone(), workflow_version(d)), d.clone());
+            }
+            Mutation::PutWorkflow(w) => {
+                self.workflows.insert(w.workflow_id.clone(), w.as_ref().clone());
+            }
+        }
+    }
+}
+
+impl<S: StateView> StateView for Overlay<'_, S> {
+    fn task_def(&self, name: &str) -> Result<Option<TaskDef>, StateError> {
+        match self.task_defs.get(name) {
+            Some(d) => Ok(Some(d.clone())),
+            None => self.base.task_def(name),
+        }
+    }
+    fn workflow_def(&self, name: &str, version: u32) -> Result<Option<WorkflowDef>, StateError> {
+        match self.workflow_defs.get(&(name.to_string(), version)) {
+            Some(d) => Ok(Some(d.clone())),
+            None => self.base.workflow_def(name, version),
+        }
+    }
+    fn latest_workflow_def(&self, name: &str) -> Result<Option<WorkflowDef>, StateError> {
+        let written = self.workflow_defs.range((name.to_string(), 0)..=(name.to_string(), u32::MAX)).last();
+        let base = self.base.latest_workflow_def(name)?;
+        Ok(match (written, base) {
+            (Some((_, w)), Some(b)) => Some(if w.version >= b.version { w.clone() } else { b }),
+            (Some((_, w)), None) => Some(w.clone()),
+            (None, b) => b,
+        })
+    }
+    fn workflow(&self, id: &str) -> Result<Option<Workflow>, StateError> {
+        match self.workflows.get(id) {
+            Some(w) => Ok(Some(w.clone())),
+            None => self.base.workflow(id),
+        }
+    }
+}
+
 fn apply_workflow_command(state: &impl StateView, at_ms: u64, command: &Command) -> Result<Applied, StateError> {
     let mut exec = Exec::new(state, at_ms);
     let outcome: Result<CommandResponse, Refusal> = match command {
@@ -407,6 +524,13 @@ fn apply_workflow_command(state: &impl StateView, at_ms: u64, command: &Command)
             exec.op_skip(workflow_id, task_ref, output)?.map(|()| CommandResponse::Done)
         }
         Command::Tick { workflow_id } => exec.op_tick(workflow_id)?.map(|()| CommandResponse::Done),
+        Command::LeaseTasks { worker_id, tasks } => {
+            exec.op_lease(worker_id, tasks)?.map(|granted| CommandResponse::Leased { granted })
+        }
+        Command::ExtendLease { workflow_id, task_id, lease } => {
+            exec.op_extend_lease(workflow_id, task_id, *lease)?.map(|()| CommandResponse::Done)
+        }
+        Command::Batch(_) => unreachable!("batches are split by apply()"),
         Command::RegisterTaskDefs { .. }
         | Command::UpdateTaskDef { .. }
         | Command::RegisterWorkflowDef { .. }
@@ -419,6 +543,7 @@ fn apply_workflow_command(state: &impl StateView, at_ms: u64, command: &Command)
                 Refusal::NotFound(m) => (RejectionKind::NotFound, m),
                 Refusal::Conflict(m) => (RejectionKind::Conflict, m),
                 Refusal::Invalid(m) => (RejectionKind::Invalid, m),
+                Refusal::StaleLease(m) => (RejectionKind::StaleLease, m),
             };
             Ok(Applied::rejected(Rejection::new(kind, message)))
         }

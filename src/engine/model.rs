@@ -176,6 +176,21 @@ pub struct Task {
     pub sub_workflow_id: Option<String>,
     /// The step's definition (for dynamic and forked tasks, the generated one).
     pub workflow_task: WorkflowTask,
+    /// Leases granted for this attempt so far; the current lease's number (0: never leased).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lease_seq: u64,
+    /// The lease whose holder finished this attempt (a repeat of that update is acknowledged, not applied again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_by_lease: Option<u64>,
+}
+
+/// Proof that a worker holds a task: the attempt's id and the lease number it was handed. A completion carrying
+/// an older lease number (the task was handed to someone else since, or timed out and was retried under a new id)
+/// is refused, so each attempt's result is applied at most once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRef {
+    /// Which lease of the attempt.
+    pub lease_seq: u64,
 }
 
 fn is_zero_u32(n: &u32) -> bool {
@@ -242,6 +257,9 @@ pub struct Workflow {
     /// The failure workflow started when this one failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_workflow_id: Option<String>,
+    /// When the leader must next apply a `Tick` (a timeout, a WAIT's end), ms since the Unix epoch; 0 when none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub next_tick_ms: u64,
 }
 
 impl Workflow {

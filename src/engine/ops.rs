@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::definitions::{validate_workflow_def, TaskTimeoutPolicy, WorkflowDef, WorkflowTimeoutPolicy};
 use super::exec::{is_system_type, new_workflow, DefIndex, Exec, OpResult, Refusal};
-use super::model::{TaskStatus, WorkflowStatus};
+use super::model::{LeaseRef, TaskStatus, WorkflowStatus};
 use super::StateView;
 
 /// A start request, with the id the leader chose.
@@ -46,6 +46,36 @@ pub struct TaskUpdate {
     pub callback_after_seconds: u64,
     /// The reporting worker.
     pub worker_id: Option<String>,
+    /// The lease the worker holds (workers over gRPC always send it; Conductor's REST updates have none).
+    #[serde(default)]
+    pub lease: Option<LeaseRef>,
+}
+
+/// A task to lease: which workflow, which task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRef {
+    /// The workflow.
+    pub workflow_id: String,
+    /// The task.
+    pub task_id: String,
+}
+
+/// A lease granted to a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGrant {
+    /// The workflow.
+    pub workflow_id: String,
+    /// The task.
+    pub task_id: String,
+    /// The lease's number, the worker's proof when it reports.
+    pub lease_seq: u64,
+}
+
+fn stale(task_id: &str, lease: LeaseRef, current: u64) -> Refusal {
+    Refusal::StaleLease(format!(
+        "lease {} of task {task_id} is no longer valid (current lease {current}); the task was handed out again or finished",
+        lease.lease_seq
+    ))
 }
 
 fn not_found(what: &str, id: &str) -> Refusal {
@@ -116,6 +146,53 @@ impl<S: StateView> Exec<'_, S> {
         Ok(Ok(()))
     }
 
+    /// Hands visible, scheduled worker tasks to a worker: each becomes IN_PROGRESS under a new lease. Tasks that
+    /// stopped qualifying since the leader picked them (taken, canceled, not yet visible) are left out.
+    pub fn op_lease(&mut self, worker_id: &str, tasks: &[TaskRef]) -> OpResult<Vec<LeaseGrant>> {
+        let now = self.now_ms;
+        let mut granted = Vec::new();
+        for r in tasks {
+            let Some(wf) = self.workflow(&r.workflow_id)? else { continue };
+            if wf.status != WorkflowStatus::Running {
+                continue;
+            }
+            let Some(i) = wf.task_index(&r.task_id) else { continue };
+            let t = &mut wf.tasks[i];
+            if t.status != TaskStatus::Scheduled || is_system_type(&t.task_type) || t.visible_from > now {
+                continue;
+            }
+            t.status = TaskStatus::InProgress;
+            if t.start_time == 0 {
+                t.start_time = now;
+            }
+            t.update_time = now;
+            t.poll_count += 1;
+            t.callback_after_seconds = 0;
+            t.visible_from = 0;
+            t.worker_id = Some(worker_id.to_string());
+            t.lease_seq += 1;
+            granted.push(LeaseGrant {
+                workflow_id: r.workflow_id.clone(),
+                task_id: r.task_id.clone(),
+                lease_seq: t.lease_seq,
+            });
+        }
+        Ok(Ok(granted))
+    }
+
+    /// A lease holder's heartbeat: the response-timeout clock starts again.
+    pub fn op_extend_lease(&mut self, workflow_id: &str, task_id: &str, lease: LeaseRef) -> OpResult<()> {
+        let now = self.now_ms;
+        let Some(wf) = self.workflow(workflow_id)? else { return Ok(Err(not_found("workflow", workflow_id))) };
+        let Some(i) = wf.task_index(task_id) else { return Ok(Err(not_found("task", task_id))) };
+        let t = &mut wf.tasks[i];
+        if t.status != TaskStatus::InProgress || t.lease_seq != lease.lease_seq {
+            return Ok(Err(stale(task_id, lease, t.lease_seq)));
+        }
+        t.update_time = now;
+        Ok(Ok(()))
+    }
+
     /// Applies a worker's (or operator's) update to a task.
     pub fn op_update_task(&mut self, workflow_id: &str, task_id: &str, update: &TaskUpdate) -> OpResult<()> {
         let now = self.now_ms;
@@ -132,6 +209,20 @@ impl<S: StateView> Exec<'_, S> {
         let Some(wf) = self.workflow(workflow_id)? else { return Ok(Err(not_found("workflow", workflow_id))) };
         let Some(i) = wf.task_index(task_id) else { return Ok(Err(not_found("task", task_id))) };
         let t = &mut wf.tasks[i];
+        if let Some(lease) = update.lease {
+            // A lease holder's update: acknowledged again if it repeats the update that finished the attempt,
+            // refused if someone else holds (or held) the task since.
+            if t.status.is_terminal() {
+                return Ok(if t.finished_by_lease == Some(lease.lease_seq) {
+                    Ok(())
+                } else {
+                    Err(stale(task_id, lease, t.lease_seq))
+                });
+            }
+            if t.lease_seq != lease.lease_seq || t.status != TaskStatus::InProgress {
+                return Ok(Err(stale(task_id, lease, t.lease_seq)));
+            }
+        }
         // Conductor ignores updates to finished tasks (a worker retrying an update it already made): acknowledged,
         // nothing changes.
         if t.status.is_terminal() {
@@ -158,6 +249,7 @@ impl<S: StateView> Exec<'_, S> {
                 t.status = status;
                 t.end_time = now;
                 t.reason_for_incompletion = update.reason.clone();
+                t.finished_by_lease = update.lease.map(|l| l.lease_seq);
             }
         }
         self.schedule_decide(workflow_id);

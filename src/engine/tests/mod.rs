@@ -2,6 +2,7 @@
 //! an in-memory state (no tokio, RocksDB or network). [`World`] is the test kit.
 
 mod conductor_documents;
+mod leases;
 mod operations;
 mod properties;
 mod task_types;
@@ -176,6 +177,7 @@ impl World {
             reason: reason.map(str::to_string),
             callback_after_seconds: 0,
             worker_id: Some("w1".into()),
+            lease: None,
         };
         self.run(Command::UpdateTask { workflow_id: id.into(), task_id, update })
     }

@@ -246,6 +246,7 @@ fn updates_to_finished_tasks_are_acknowledged_and_change_nothing() {
         reason: None,
         callback_after_seconds: 0,
         worker_id: None,
+        lease: None,
     };
     // Conductor acknowledges a repeated update of a finished task and changes nothing.
     let r = w.run(Command::UpdateTask { workflow_id: id.clone(), task_id, update });

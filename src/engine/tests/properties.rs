@@ -106,6 +106,7 @@ fn command(w: &World, ids: &[String], action: &Action) -> Option<Command> {
         reason: Some("boom".into()),
         callback_after_seconds: cb,
         worker_id: Some("w".into()),
+        lease: None,
     };
     Some(match action {
         Action::Start(_) | Action::Advance(_) => return None,

@@ -291,6 +291,7 @@ fn wait_with_duration_completes_on_the_tick_after_it_and_human_waits_for_a_signa
         reason: None,
         callback_after_seconds: 0,
         worker_id: None,
+        lease: None,
     };
     let r = w.run(crate::engine::Command::SignalTask { workflow_id: id.clone(), task_ref: "h".into(), update });
     assert_eq!(r, crate::engine::CommandResponse::Done);

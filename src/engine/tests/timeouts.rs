@@ -45,6 +45,7 @@ fn in_progress_with_callback_after_seconds_postpones_the_task_and_resets_the_res
         reason: None,
         callback_after_seconds: 30,
         worker_id: None,
+        lease: None,
     };
     assert_eq!(w.run(Command::UpdateTask { workflow_id: id.clone(), task_id, update }), CommandResponse::Done);
     let t = w.task(&id, "l");
@@ -77,6 +78,7 @@ fn task_timeout_policies_retry_fail_the_workflow_or_only_alert() {
             reason: None,
             callback_after_seconds: 0,
             worker_id: None,
+            lease: None,
         };
         w.run(Command::UpdateTask { workflow_id: id.clone(), task_id, update });
         w.advance(10_000);
