@@ -9,6 +9,7 @@
 //!   engine), snapshots, the read side.
 //! - [`raft`]: openraft glue: type configuration, the peer network over gRPC (client and server), and the
 //!   [`Proposer`](raft::proposer::Proposer) that gets a command committed from any node.
+//! - [`runtime`]: hands ready tasks to workers under leases and fires timers, by proposing commands.
 //! - [`api`]: what clients see: gRPC services, HTTP (status, health, Conductor REST), error mapping.
 //! - [`config`]: the configuration tree, its layers and validation.
 //! - [`node`]: the composition root: starts and stops one node.
@@ -26,4 +27,5 @@ pub mod engine;
 pub mod node;
 pub mod pb;
 pub mod raft;
+pub mod runtime;
 pub mod storage;

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::gateway::Gateway;
 use crate::api::grpc::{ClusterGrpc, MetadataGrpc};
+use crate::api::grpc_workflows::{TaskGrpc, WorkflowGrpc};
 use crate::api::http::{router, HttpState};
 use crate::api::metadata::MetadataApi;
 use crate::api::workflows::WorkflowApi;
@@ -26,10 +27,14 @@ use crate::config::Config;
 use crate::pb::raft::raft_peer_server::RaftPeerServer;
 use crate::pb::v1::cluster_service_server::ClusterServiceServer;
 use crate::pb::v1::metadata_service_server::MetadataServiceServer;
+use crate::pb::v1::task_service_server::TaskServiceServer;
+use crate::pb::v1::workflow_service_server::WorkflowServiceServer;
 use crate::raft::network::Network;
 use crate::raft::peer_service::PeerService;
 use crate::raft::proposer::Proposer;
 use crate::raft::{NodeId, NodeInfo, Raft};
+use crate::runtime::dispatch::Dispatcher;
+use crate::runtime::timers;
 use crate::storage::{Db, Identity, LogStore, OpenError, StateMachineStore};
 
 /// Largest gRPC message a node accepts or sends (Raft batches of large definitions, snapshot chunks).
@@ -95,7 +100,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
 
     let identity = Identity { cluster_id: config.cluster_id.clone(), node_id: config.node_id };
     let db = Db::open(&config.data_dir, &identity)?;
-    let state_machine = StateMachineStore::new(db.clone());
+    let state_machine =
+        StateMachineStore::new(db.clone()).map_err(|e| NodeError::Raft(format!("reading the state: {e}")))?;
     let reader = state_machine.reader();
     let raft = Raft::new(
         config.node_id,
@@ -130,6 +136,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     let gateway = Gateway::new(proposer.clone(), reader.clone());
     let metadata = MetadataApi::new(gateway.clone());
     let workflows = WorkflowApi::new(gateway);
+    let dispatcher = Arc::new(Dispatcher::new(proposer.clone(), reader.clone()));
 
     let grpc = tonic::transport::Server::builder()
         .add_service(
@@ -139,10 +146,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         )
         .add_service(ClusterServiceServer::new(ClusterGrpc::new(raft.clone(), reader.clone(), &config.cluster_id)))
         .add_service(MetadataServiceServer::new(MetadataGrpc::new(metadata.clone())))
+        .add_service(WorkflowServiceServer::new(WorkflowGrpc::new(workflows.clone())))
+        .add_service(TaskServiceServer::new(TaskGrpc::new(workflows.clone(), dispatcher)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), shutdown.clone().cancelled_owned());
     let http_app = router(HttpState {
         raft: raft.clone(),
-        reader,
+        reader: reader.clone(),
         metadata,
         workflows,
         cluster_id: config.cluster_id.as_str().into(),
@@ -157,6 +166,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         "node started"
     );
     let grpc_task = tokio::spawn(grpc);
+    let timers_task = tokio::spawn(timers::run(raft.clone(), proposer.clone(), reader.clone(), shutdown.clone()));
     let http_task = tokio::spawn(async move { http.await });
 
     shutdown.cancelled().await;
@@ -180,6 +190,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         }
         Err(_) => tracing::warn!(drain_timeout_ms = config.api.drain_timeout_ms, "drain timed out; stopping anyway"),
     }
+    let _ = timers_task.await;
     tracing::info!("stopping raft");
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown reported an error");

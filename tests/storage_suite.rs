@@ -14,7 +14,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RocksBui
         let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(&e))?;
         let identity = Identity { cluster_id: "suite".into(), node_id: 1 };
         let db = Db::open(dir.path(), &identity).map_err(|e| StorageIOError::write(&e))?;
-        Ok((dir, LogStore::new(db.clone()), StateMachineStore::new(db)))
+        let sm = StateMachineStore::new(db.clone()).map_err(|e| StorageIOError::read(&e))?;
+        Ok((dir, LogStore::new(db), sm))
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod error;
 pub mod gateway;
 pub mod grpc;
+pub mod grpc_workflows;
 pub mod http;
 pub mod metadata;
 pub mod status;

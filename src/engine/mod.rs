@@ -17,6 +17,7 @@ pub mod expr;
 pub mod jq;
 pub mod model;
 pub mod ops;
+pub mod pending;
 pub mod references;
 pub mod script;
 #[cfg(test)]

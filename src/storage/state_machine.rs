@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use super::{codec, keys, Db};
 use crate::engine::definitions::{TaskDef, WorkflowDef};
 use crate::engine::model::Workflow;
+use crate::engine::pending::PendingIndex;
 use crate::engine::{self, CommandResponse, Mutation, StateError, StateView};
 use crate::raft::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
@@ -58,14 +59,61 @@ pub struct StateHash {
     pub hex: String,
 }
 
+/// The in-memory index of ready tasks and timers (see [`PendingIndex`]), with a signal raised after every applied
+/// entry that changed it, so long polls and timers wake up.
+#[derive(Debug, Default)]
+pub struct Pending {
+    index: Mutex<PendingIndex>,
+    changed: tokio::sync::Notify,
+}
+
+impl Pending {
+    /// Runs `f` on the index.
+    pub fn with<T>(&self, f: impl FnOnce(&PendingIndex) -> T) -> T {
+        f(&self.index.lock().expect("pending index lock is never poisoned"))
+    }
+
+    /// Resolves after the next applied change (create the future before checking the index, then await it).
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+
+    fn update(&self, workflows: &[Workflow]) {
+        {
+            let mut index = self.index.lock().expect("pending index lock is never poisoned");
+            for wf in workflows {
+                index.update(wf);
+            }
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn rebuild(&self, db: &Db) -> Result<(), ReadError> {
+        let workflows: Vec<Workflow> = scan(db, &keys::table_prefix(keys::PARTITION_0, keys::Table::Workflow))?;
+        let mut index = PendingIndex::default();
+        for wf in &workflows {
+            index.update(wf);
+        }
+        *self.index.lock().expect("pending index lock is never poisoned") = index;
+        self.changed.notify_waiters();
+        Ok(())
+    }
+}
+
 /// Read access to the applied state, for the API and status. Cheap to clone; reads see the latest applied entry.
 #[derive(Debug, Clone)]
 pub struct StateReader {
     db: Arc<Db>,
     hash_cache: Arc<Mutex<Option<StateHash>>>,
+    pending: Arc<Pending>,
 }
 
 impl StateReader {
+    /// Ready tasks and timers.
+    pub fn pending(&self) -> &Arc<Pending> {
+        &self.pending
+    }
+
     /// The task definition of that name.
     pub fn task_def(&self, name: &str) -> Result<Option<TaskDef>, ReadError> {
         read_record(&self.db, &keys::task_def(keys::PARTITION_0, name))
@@ -175,9 +223,11 @@ pub struct StateMachineStore {
 
 impl StateMachineStore {
     /// A state machine over `db`.
-    pub fn new(db: Arc<Db>) -> Self {
-        let reader = StateReader { db: db.clone(), hash_cache: Arc::new(Mutex::new(None)) };
-        StateMachineStore { db, reader }
+    pub fn new(db: Arc<Db>) -> Result<Self, ReadError> {
+        let pending = Arc::new(Pending::default());
+        pending.rebuild(&db)?;
+        let reader = StateReader { db: db.clone(), hash_cache: Arc::new(Mutex::new(None)), pending };
+        Ok(StateMachineStore { db, reader })
     }
 
     /// A read handle that stays valid after the state machine is handed to openraft.
@@ -276,6 +326,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let apply_err =
                 |e: &dyn std::error::Error| StorageIOError::apply(log_id, openraft::AnyError::error(e.to_string()));
             let mut batch = WriteBatch::default();
+            let mut changed: Vec<Workflow> = Vec::new();
             let response = match &entry.payload {
                 EntryPayload::Blank => CommandResponse::Done,
                 EntryPayload::Normal(proposal) => {
@@ -290,6 +341,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     for mutation in &applied.mutations {
                         self.write_mutation(&mut batch, mutation).map_err(|e| apply_err(&e))?;
                     }
+                    changed.extend(applied.mutations.into_iter().filter_map(|m| match m {
+                        Mutation::PutWorkflow(wf) => Some(*wf),
+                        _ => None,
+                    }));
                     applied.response
                 }
                 EntryPayload::Membership(membership) => {
@@ -303,6 +358,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let applied_bytes = codec::encode(&Some(log_id)).map_err(|e| apply_err(&e))?;
             batch.put_cf(self.db.cf(keys::CF_SM_META), keys::LAST_APPLIED, applied_bytes);
             self.db.write(batch, false).map_err(|e| apply_err(&e))?;
+            if !changed.is_empty() {
+                self.reader.pending.update(&changed);
+            }
             responses.push(response);
         }
         Ok(responses)
@@ -338,6 +396,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let stored = StoredSnapshot { meta: meta.clone(), data };
         batch.put_cf(sm_meta, keys::SNAPSHOT, codec::encode(&stored).map_err(|e| err(&e))?);
         self.db.write(batch, true).map_err(|e| err(&e))?;
+        self.reader.pending.rebuild(&self.db).map_err(|e| err(&e))?;
         tracing::info!(
             index = meta.last_log_id.map_or(0, |id| id.index),
             pairs = body.pairs.len(),
@@ -382,11 +441,11 @@ mod tests {
     async fn applied_state_survives_reopening() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let mut sm = StateMachineStore::new(open(dir.path()));
+            let mut sm = StateMachineStore::new(open(dir.path())).expect("opens");
             let responses = sm.apply([entry(1, "a"), entry(2, "b")]).await.expect("applies");
             assert_eq!(responses, vec![CommandResponse::Done, CommandResponse::Done]);
         }
-        let mut sm = StateMachineStore::new(open(dir.path()));
+        let mut sm = StateMachineStore::new(open(dir.path())).expect("opens");
         let (applied, _) = sm.applied_state().await.expect("reads");
         assert_eq!(applied.map(|id| id.index), Some(2));
         let names: Vec<_> = sm.reader().task_defs().expect("reads").into_iter().map(|d| d.name).collect();
@@ -396,8 +455,8 @@ mod tests {
     #[tokio::test]
     async fn installed_snapshot_reproduces_state_and_hash() {
         let (dir_a, dir_b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
-        let mut a = StateMachineStore::new(open(dir_a.path()));
-        let mut b = StateMachineStore::new(open(dir_b.path()));
+        let mut a = StateMachineStore::new(open(dir_a.path())).expect("opens");
+        let mut b = StateMachineStore::new(open(dir_b.path())).expect("opens");
         a.apply([entry(1, "a"), entry(2, "b"), entry(3, "c")]).await.expect("applies");
         // b holds state the snapshot must replace, not merge with.
         b.apply([entry(1, "stale")]).await.expect("applies");
@@ -414,8 +473,8 @@ mod tests {
     #[tokio::test]
     async fn state_hash_changes_with_contents_not_with_replica() {
         let (dir_a, dir_b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
-        let mut a = StateMachineStore::new(open(dir_a.path()));
-        let mut b = StateMachineStore::new(open(dir_b.path()));
+        let mut a = StateMachineStore::new(open(dir_a.path())).expect("opens");
+        let mut b = StateMachineStore::new(open(dir_b.path())).expect("opens");
         let before = a.reader().state_hash().expect("hash");
         a.apply([entry(1, "a")]).await.expect("applies");
         b.apply([entry(1, "a")]).await.expect("applies");

@@ -1,0 +1,171 @@
+//! The public gRPC `WorkflowService` and `TaskService` (proto/baton.proto): thin adapters over [`WorkflowApi`] and
+//! the [`Dispatcher`].
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use tonic::{Request, Response, Status};
+
+use crate::api::error::ApiError;
+use crate::api::gateway::Consistency;
+use crate::api::metadata::parse_document;
+use crate::api::workflows::{StartWorkflowRequest, WorkflowApi};
+use crate::engine::model::{LeaseRef, TaskStatus};
+use crate::engine::ops::TaskUpdate;
+use crate::engine::Command;
+use crate::pb::v1 as pb;
+use crate::pb::v1::task_service_server::TaskService;
+use crate::pb::v1::workflow_service_server::WorkflowService;
+use crate::runtime::dispatch::{parse_lease_token, Dispatcher};
+
+/// Parses an optional JSON object field (empty text is an empty object), naming the field on failure.
+fn object(text: &str, field: &str) -> Result<Map<String, Value>, ApiError> {
+    if text.trim().is_empty() {
+        return Ok(Map::new());
+    }
+    parse_document(text, field)
+}
+
+/// `WorkflowService`.
+#[derive(Debug, Clone)]
+pub struct WorkflowGrpc {
+    api: WorkflowApi,
+}
+
+impl WorkflowGrpc {
+    /// The service over `api`.
+    pub fn new(api: WorkflowApi) -> Self {
+        WorkflowGrpc { api }
+    }
+}
+
+#[tonic::async_trait]
+impl WorkflowService for WorkflowGrpc {
+    async fn start(
+        &self,
+        request: Request<pb::StartWorkflowRequest>,
+    ) -> Result<Response<pb::StartWorkflowReply>, Status> {
+        let r = request.into_inner();
+        let workflow_def = if r.workflow_def_json.trim().is_empty() {
+            None
+        } else {
+            Some(parse_document(&r.workflow_def_json, "workflow_def_json")?)
+        };
+        let req = StartWorkflowRequest {
+            name: r.name,
+            version: (r.version != 0).then_some(r.version),
+            correlation_id: (!r.correlation_id.is_empty()).then_some(r.correlation_id),
+            input: object(&r.input_json, "input_json")?,
+            workflow_def,
+            priority: r.priority,
+            ..Default::default()
+        };
+        let workflow_id = self.api.start(req).await?;
+        Ok(Response::new(pb::StartWorkflowReply { workflow_id }))
+    }
+
+    async fn get(&self, request: Request<pb::GetWorkflowRequest>) -> Result<Response<pb::WorkflowJson>, Status> {
+        let r = request.into_inner();
+        let consistency = match pb::Consistency::try_from(r.consistency) {
+            Ok(pb::Consistency::Linearizable) => Consistency::Linearizable,
+            _ => Consistency::Local,
+        };
+        let wf = self.api.get(&r.workflow_id, true, consistency).await?;
+        let json = serde_json::to_string(&wf).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::WorkflowJson { json }))
+    }
+}
+
+/// `TaskService`.
+#[derive(Clone)]
+pub struct TaskGrpc {
+    api: WorkflowApi,
+    dispatcher: Arc<Dispatcher>,
+}
+
+impl TaskGrpc {
+    /// The service over this node's API and dispatcher.
+    pub fn new(api: WorkflowApi, dispatcher: Arc<Dispatcher>) -> Self {
+        TaskGrpc { api, dispatcher }
+    }
+}
+
+fn lease(token: &str, task_id: &str) -> Result<LeaseRef, ApiError> {
+    match parse_lease_token(token) {
+        Some((id, _, lease_seq)) if id == task_id => Ok(LeaseRef { lease_seq }),
+        Some(_) => Err(ApiError::Invalid {
+            message: format!("lease_token: belongs to another task than {task_id}"),
+            field_errors: Vec::new(),
+        }),
+        None => Err(ApiError::Invalid {
+            message: format!("lease_token: expected task_id:attempt:lease, got '{token}'"),
+            field_errors: Vec::new(),
+        }),
+    }
+}
+
+#[tonic::async_trait]
+impl TaskService for TaskGrpc {
+    async fn poll(&self, request: Request<pb::PollRequest>) -> Result<Response<pb::PollReply>, Status> {
+        let r = request.into_inner();
+        let domain = (!r.domain.is_empty()).then_some(r.domain.as_str());
+        let tasks = self.dispatcher.poll(&r.task_type, domain, &r.worker_id, r.count, r.timeout_ms).await?;
+        let tasks = tasks
+            .into_iter()
+            .map(|d| {
+                let lease_token = d.lease_token();
+                let t = d.task;
+                pb::WorkerTask {
+                    input_json: serde_json::to_string(&t.input_data).unwrap_or_else(|_| "{}".into()),
+                    task_id: t.task_id,
+                    workflow_id: t.workflow_instance_id,
+                    task_type: t.task_type,
+                    reference_task_name: t.reference_task_name,
+                    retry_count: t.retry_count,
+                    poll_count: t.poll_count,
+                    lease_token,
+                    response_timeout_seconds: t.response_timeout_seconds,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::PollReply { tasks }))
+    }
+
+    async fn update_task(
+        &self,
+        request: Request<pb::UpdateTaskRequest>,
+    ) -> Result<Response<pb::UpdateTaskReply>, Status> {
+        let r = request.into_inner();
+        let status = match pb::TaskResultStatus::try_from(r.status) {
+            Ok(pb::TaskResultStatus::InProgress) => TaskStatus::InProgress,
+            Ok(pb::TaskResultStatus::Completed) => TaskStatus::Completed,
+            Ok(pb::TaskResultStatus::Failed) => TaskStatus::Failed,
+            Ok(pb::TaskResultStatus::FailedWithTerminalError) => TaskStatus::FailedWithTerminalError,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "status: must be IN_PROGRESS, COMPLETED, FAILED or FAILED_WITH_TERMINAL_ERROR",
+                ))
+            }
+        };
+        let update = TaskUpdate {
+            status,
+            output: object(&r.output_json, "output_json")?,
+            reason: (!r.reason_for_incompletion.is_empty()).then_some(r.reason_for_incompletion),
+            callback_after_seconds: r.callback_after_seconds,
+            worker_id: (!r.worker_id.is_empty()).then_some(r.worker_id),
+            lease: Some(lease(&r.lease_token, &r.task_id)?),
+        };
+        self.api.command(Command::UpdateTask { workflow_id: r.workflow_id, task_id: r.task_id, update }).await?;
+        Ok(Response::new(pb::UpdateTaskReply {}))
+    }
+
+    async fn extend_lease(
+        &self,
+        request: Request<pb::ExtendLeaseRequest>,
+    ) -> Result<Response<pb::ExtendLeaseReply>, Status> {
+        let r = request.into_inner();
+        let lease = lease(&r.lease_token, &r.task_id)?;
+        self.api.command(Command::ExtendLease { workflow_id: r.workflow_id, task_id: r.task_id, lease }).await?;
+        Ok(Response::new(pb::ExtendLeaseReply {}))
+    }
+}

@@ -1,0 +1,118 @@
+//! What is waiting in the applied state, indexed for the leader: worker tasks ready to hand out, per queue, and
+//! workflows with a timer. Kept in memory on every node, updated from each applied workflow, rebuilt from the state
+//! on start-up and after a snapshot install, so a new leader serves polls and fires timers at once.
+//!
+//! Pure data (ordered maps, no I/O); which tasks count as ready and when a workflow's timer is due are the
+//! engine's rules, so they live here, beside the engine.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::exec::is_system_type;
+use super::model::{TaskStatus, Workflow, WorkflowStatus};
+
+/// A task a worker could be handed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ready {
+    /// The workflow.
+    pub workflow_id: String,
+    /// The task.
+    pub task_id: String,
+    /// Not before this time (retry delay, startDelay, callbackAfterSeconds), ms.
+    pub visible_from: u64,
+}
+
+/// The name of a task queue: the task type, prefixed with the domain (`domain:type`) when the workflow maps the
+/// type (or `*`) to a domain, as Conductor does.
+pub fn queue_name(task_type: &str, domain: Option<&str>) -> String {
+    match domain {
+        Some(d) if !d.is_empty() => format!("{d}:{task_type}"),
+        _ => task_type.to_string(),
+    }
+}
+
+/// Order within a queue: (priority rank, scheduled time, task id); higher workflow priority first.
+type QueueKey = (u32, u64, String);
+
+/// What the index holds for one workflow: its queue entries and its timer.
+type Entries = (Vec<(String, QueueKey)>, u64);
+
+/// Ready tasks per queue and timers per workflow.
+#[derive(Debug, Default, Clone)]
+pub struct PendingIndex {
+    /// queue -> key -> task.
+    queues: BTreeMap<String, BTreeMap<QueueKey, Ready>>,
+    /// workflow id -> its entries, to remove them when the workflow changes.
+    entries: BTreeMap<String, Entries>,
+    /// (due ms, workflow id).
+    timers: BTreeSet<(u64, String)>,
+}
+
+impl PendingIndex {
+    /// Replaces whatever the index held for this workflow with what it holds now.
+    pub fn update(&mut self, wf: &Workflow) {
+        self.remove(&wf.workflow_id);
+        let mut keys = Vec::new();
+        if wf.status == WorkflowStatus::Running {
+            for t in wf.tasks.iter().filter(|t| t.status == TaskStatus::Scheduled && !is_system_type(&t.task_type)) {
+                let domain = wf.task_to_domain.get(&t.task_type).or_else(|| wf.task_to_domain.get("*"));
+                let queue = queue_name(&t.task_type, domain.map(String::as_str));
+                let key = (99u32.saturating_sub(wf.priority.min(99)), t.scheduled_time, t.task_id.clone());
+                let ready = Ready {
+                    workflow_id: wf.workflow_id.clone(),
+                    task_id: t.task_id.clone(),
+                    visible_from: t.visible_from,
+                };
+                self.queues.entry(queue.clone()).or_default().insert(key.clone(), ready);
+                keys.push((queue, key));
+            }
+        }
+        let tick = wf.next_tick_ms;
+        if tick > 0 {
+            self.timers.insert((tick, wf.workflow_id.clone()));
+        }
+        if !keys.is_empty() || tick > 0 {
+            self.entries.insert(wf.workflow_id.clone(), (keys, tick));
+        }
+    }
+
+    /// Forgets a workflow.
+    pub fn remove(&mut self, workflow_id: &str) {
+        if let Some((keys, tick)) = self.entries.remove(workflow_id) {
+            for (queue, key) in keys {
+                if let Some(q) = self.queues.get_mut(&queue) {
+                    q.remove(&key);
+                    if q.is_empty() {
+                        self.queues.remove(&queue);
+                    }
+                }
+            }
+            self.timers.remove(&(tick, workflow_id.to_string()));
+        }
+    }
+
+    /// Up to `limit` tasks of a queue visible at `now_ms`, in priority then scheduling order, skipping `skip`.
+    pub fn ready(&self, queue: &str, now_ms: u64, limit: usize, skip: &BTreeSet<String>) -> Vec<Ready> {
+        let Some(q) = self.queues.get(queue) else { return Vec::new() };
+        q.values().filter(|r| r.visible_from <= now_ms && !skip.contains(&r.task_id)).take(limit).cloned().collect()
+    }
+
+    /// The earliest time a task of this queue becomes visible, if any is waiting.
+    pub fn next_visible(&self, queue: &str) -> Option<u64> {
+        self.queues.get(queue)?.values().map(|r| r.visible_from).min()
+    }
+
+    /// Tasks waiting per queue.
+    pub fn depths(&self) -> BTreeMap<String, usize> {
+        self.queues.iter().map(|(q, t)| (q.clone(), t.len())).collect()
+    }
+
+    /// Workflows whose timer is due at `now_ms`, earliest first, at most `limit`.
+    pub fn due(&self, now_ms: u64, limit: usize) -> Vec<String> {
+        self.timers.iter().take_while(|(at, _)| *at <= now_ms).take(limit).map(|(_, id)| id.clone()).collect()
+    }
+
+    /// The earliest timer.
+    pub fn next_timer(&self) -> Option<u64> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+}

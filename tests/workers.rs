@@ -1,0 +1,259 @@
+//! Workers over gRPC against the real binary: long polls on any node, leased dispatch, completions under the
+//! lease; the leader SIGKILLed mid-run; a worker that dies holding a task.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use baton::pb::v1::task_service_client::TaskServiceClient;
+use baton::pb::v1::workflow_service_client::WorkflowServiceClient;
+use baton::pb::v1::{PollRequest, StartWorkflowRequest, TaskResultStatus, UpdateTaskRequest};
+use serde_json::{json, Value};
+use support::*;
+use tonic::transport::Channel;
+
+fn channel(addr: &str) -> Result<Channel> {
+    Ok(baton::raft::network::channel(addr)?)
+}
+
+async fn setup(via: &Node, response_timeout_s: u64) -> Result<()> {
+    for name in ["add_one", "double", "square"] {
+        let def = json!([{"name": name, "retryCount": 2, "retryDelaySeconds": 0, "responseTimeoutSeconds": response_timeout_s}]);
+        post_json(via, "/api/metadata/taskdefs", &def).await?.ok()?;
+    }
+    let wf = json!({"name": "math", "version": 1, "tasks": [
+        {"name": "add_one", "taskReferenceName": "a", "inputParameters": {"x": "${workflow.input.x}"}},
+        {"name": "double", "taskReferenceName": "b", "inputParameters": {"x": "${a.output.x}"}},
+        {"name": "square", "taskReferenceName": "c", "inputParameters": {"x": "${b.output.x}"}}],
+        "outputParameters": {"result": "${c.output.x}"}});
+    post_json(via, "/api/metadata/workflow", &wf).await?.ok()?;
+    Ok(())
+}
+
+fn compute(task_type: &str, x: i64) -> i64 {
+    match task_type {
+        "add_one" => x + 1,
+        "double" => x * 2,
+        _ => x * x,
+    }
+}
+
+/// What the workers saw.
+#[derive(Default)]
+struct Tally {
+    completed: AtomicUsize,
+    refused: AtomicUsize,
+    /// (when, node index) of every successful completion.
+    completions: Mutex<Vec<Instant>>,
+}
+
+/// A worker loop: polls all three types on its node, completes what it gets; on a transport error moves to the next
+/// node (as the SDK will).
+async fn worker(addrs: Vec<String>, start: usize, name: String, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+    let mut node = start;
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(ch) = channel(&addrs[node % addrs.len()]) else {
+            node += 1;
+            continue;
+        };
+        let mut client = TaskServiceClient::new(ch);
+        let mut broken = false;
+        for task_type in ["add_one", "double", "square"] {
+            let req = PollRequest {
+                task_type: task_type.into(),
+                worker_id: name.clone(),
+                count: 4,
+                timeout_ms: 200,
+                domain: String::new(),
+            };
+            let tasks = match client.poll(req).await {
+                Ok(r) => r.into_inner().tasks,
+                Err(_) => {
+                    broken = true;
+                    break;
+                }
+            };
+            for t in tasks {
+                let input: Value = serde_json::from_str(&t.input_json).unwrap_or_default();
+                let x = input["x"].as_i64().unwrap_or(0);
+                let update = UpdateTaskRequest {
+                    workflow_id: t.workflow_id.clone(),
+                    task_id: t.task_id.clone(),
+                    lease_token: t.lease_token.clone(),
+                    status: TaskResultStatus::Completed as i32,
+                    output_json: json!({"x": compute(&t.task_type, x)}).to_string(),
+                    worker_id: name.clone(),
+                    ..Default::default()
+                };
+                match client.update_task(update).await {
+                    Ok(_) => {
+                        tally.completed.fetch_add(1, Ordering::Relaxed);
+                        tally.completions.lock().expect("lock").push(Instant::now());
+                    }
+                    Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                        tally.refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => broken = true,
+                }
+            }
+        }
+        if broken {
+            node += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workflows_complete_with_workers_on_every_node_while_the_leader_is_killed() -> Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let leader = cluster.leader().await?;
+    let follower = cluster.nodes().iter().find(|n| n.id != leader).context("follower")?;
+    setup(follower, 10).await?;
+    let addrs: Vec<String> = cluster.nodes().iter().map(|n| n.grpc_addr.clone()).collect();
+
+    const WORKFLOWS: i64 = 120;
+    let mut wf_client = WorkflowServiceClient::new(channel(&follower.grpc_addr)?);
+    let mut ids = BTreeMap::new();
+    for x in 0..WORKFLOWS {
+        let req =
+            StartWorkflowRequest { name: "math".into(), input_json: json!({"x": x}).to_string(), ..Default::default() };
+        let id = wf_client.start(req).await?.into_inner().workflow_id;
+        ids.insert(id, x);
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let workers: Vec<_> =
+        (0..6).map(|i| tokio::spawn(worker(addrs.clone(), i, format!("w{i}"), stop.clone(), tally.clone()))).collect();
+
+    // Kill the leader once a third of the work is done.
+    let total_tasks = (WORKFLOWS * 3) as usize;
+    wait_until(secs(60), "a third of the tasks done", || async {
+        let done = tally.completed.load(Ordering::Relaxed);
+        if done >= total_tasks / 3 {
+            Ok(())
+        } else {
+            bail!("{done} of {total_tasks}")
+        }
+    })
+    .await?;
+    let killed_at = Instant::now();
+    cluster.node(leader).kill()?;
+
+    let survivor = cluster.live()[0];
+    let mut pending: Vec<String> = ids.keys().cloned().collect();
+    let deadline = secs(120);
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for id in &pending {
+            let wf = get(survivor, &format!("/api/workflow/{id}?includeTasks=false")).await?.ok()?.json()?;
+            if wf["status"] != "COMPLETED" {
+                ensure!(
+                    wf["status"] == "RUNNING",
+                    "workflow {id} ended {}: {}",
+                    wf["status"],
+                    wf["reasonForIncompletion"]
+                );
+                still.push(id.clone());
+            }
+        }
+        pending = still;
+        ensure!(Instant::now() < deadline || pending.is_empty(), "{} workflows still running", pending.len());
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = w.await;
+    }
+
+    // Outputs are right and each task reference completed exactly once (no attempt's result applied twice).
+    let statuses = cluster.wait_converged().await?;
+    for (id, x) in &ids {
+        let wf = get(survivor, &format!("/api/workflow/{id}")).await?.ok()?.json()?;
+        let expected = ((x + 1) * 2) * ((x + 1) * 2);
+        ensure!(wf["output"]["result"] == expected, "workflow {id} (x={x}) output {}", wf["output"]);
+        let mut completed: BTreeMap<String, usize> = BTreeMap::new();
+        for t in wf["tasks"].as_array().context("tasks")? {
+            if t["status"] == "COMPLETED" {
+                *completed.entry(t["referenceTaskName"].as_str().unwrap_or_default().to_string()).or_default() += 1;
+            }
+        }
+        ensure!(completed.values().all(|n| *n == 1) && completed.len() == 3, "workflow {id}: {completed:?}");
+    }
+    let first_after = tally.completions.lock().expect("lock").iter().filter(|t| **t > killed_at).min().copied();
+    let gap = first_after.map(|t| t.duration_since(killed_at));
+    println!(
+        "workers: {} completions, {} refused as stale; leader kill -> first completion after it: {gap:?}; state_hash {}",
+        tally.completed.load(Ordering::Relaxed),
+        tally.refused.load(Ordering::Relaxed),
+        &statuses[0].state_hash[..12]
+    );
+    cluster.pass();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_workers_task_is_handed_out_again_and_its_late_completion_is_refused() -> Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let leader = cluster.leader().await?;
+    let node = cluster.nodes().iter().find(|n| n.id != leader).context("follower")?;
+    setup(node, 1).await?;
+    let mut wf_client = WorkflowServiceClient::new(channel(&node.grpc_addr)?);
+    let req =
+        StartWorkflowRequest { name: "math".into(), input_json: json!({"x": 1}).to_string(), ..Default::default() };
+    let id = wf_client.start(req).await?.into_inner().workflow_id;
+
+    let mut tasks = TaskServiceClient::new(channel(&node.grpc_addr)?);
+    let poll = |worker: &str| PollRequest {
+        task_type: "add_one".into(),
+        worker_id: worker.into(),
+        count: 1,
+        timeout_ms: 5000,
+        domain: String::new(),
+    };
+    let held = tasks.poll(poll("doomed")).await?.into_inner().tasks;
+    ensure!(held.len() == 1, "the first worker got {held:?}");
+    let held = &held[0];
+    // The holder "dies": after responseTimeoutSeconds (1 s) the leader times the attempt out and it is retried.
+    let started = Instant::now();
+    let again = tasks.poll(poll("rescuer")).await?.into_inner().tasks;
+    ensure!(again.len() == 1, "no retry handed out within 5 s");
+    let again = &again[0];
+    ensure!(again.task_id != held.task_id && again.retry_count == 1, "expected the retry, got {again:?}");
+    println!("task handed out again {:?} after the holder went silent", started.elapsed());
+
+    let late = UpdateTaskRequest {
+        workflow_id: id.clone(),
+        task_id: held.task_id.clone(),
+        lease_token: held.lease_token.clone(),
+        status: TaskResultStatus::Completed as i32,
+        output_json: json!({"x": 999}).to_string(),
+        ..Default::default()
+    };
+    let refused = tasks.update_task(late).await.expect_err("a late completion must be refused");
+    ensure!(refused.code() == tonic::Code::FailedPrecondition, "{refused:?}");
+    let ok = UpdateTaskRequest {
+        workflow_id: id.clone(),
+        task_id: again.task_id.clone(),
+        lease_token: again.lease_token.clone(),
+        status: TaskResultStatus::Completed as i32,
+        output_json: json!({"x": 2}).to_string(),
+        ..Default::default()
+    };
+    tasks.update_task(ok.clone()).await?;
+    tasks.update_task(ok).await.context("the same completion repeated is acknowledged")?;
+    let wf = get(node, &format!("/api/workflow/{id}")).await?.ok()?.json()?;
+    let a: Vec<&Value> =
+        wf["tasks"].as_array().context("tasks")?.iter().filter(|t| t["referenceTaskName"] == "a").collect();
+    ensure!(a.len() == 2 && a[0]["status"] == "TIMED_OUT" && a[1]["status"] == "COMPLETED", "{a:?}");
+    ensure!(a[1]["outputData"]["x"] == 2, "the late result must not have been applied: {}", a[1]["outputData"]);
+    let b = wf["tasks"].as_array().context("tasks")?.iter().find(|t| t["referenceTaskName"] == "b").context("b")?;
+    ensure!(b["inputData"]["x"] == 2, "{b}");
+    cluster.pass();
+    Ok(())
+}
