@@ -34,6 +34,9 @@ impl StateView for Mem {
     fn workflow(&self, id: &str) -> Result<Option<Workflow>, StateError> {
         Ok(self.workflows.get(id).cloned())
     }
+    fn idempotency_key(&self, _key: &str) -> Result<Option<String>, StateError> {
+        Ok(None)
+    }
 }
 
 impl Mem {
@@ -50,6 +53,7 @@ impl Mem {
                 Mutation::PutWorkflow(w) => {
                     self.workflows.insert(w.workflow_id.clone(), *w);
                 }
+                Mutation::PutIdempotencyKey { .. } => {}
             }
         }
         applied.response
@@ -84,6 +88,7 @@ fn start(id: &str) -> Command {
         correlation_id: None,
         priority: 0,
         task_to_domain: BTreeMap::new(),
+        idempotency_key: None,
     })
 }
 

@@ -138,7 +138,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     let workflows = WorkflowApi::new(gateway);
     let dispatcher = Arc::new(Dispatcher::new(proposer.clone(), reader.clone()));
 
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| NodeError::Raft(format!("gRPC reflection: {e}")))?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
     let grpc = tonic::transport::Server::builder()
+        .add_service(reflection)
+        .add_service(health_service)
         .add_service(
             RaftPeerServer::new(PeerService::new(raft.clone(), proposer.clone(), &config.cluster_id))
                 .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)

@@ -169,3 +169,35 @@ async fn up_runs_three_nodes_and_ctrl_c_stops_them() -> Result<()> {
     cluster.pass();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_and_reflection_work_without_the_proto_files() -> Result<()> {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let cluster = Cluster::start(1).await?;
+    let ch = baton::raft::network::channel(&cluster.node(1).grpc_addr)?;
+    let health = HealthClient::new(ch.clone()).check(HealthCheckRequest { service: String::new() }).await?.into_inner();
+    ensure!(health.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "{health:?}");
+
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies =
+        ServerReflectionClient::new(ch).server_reflection_info(tokio_stream::iter(vec![request])).await?.into_inner();
+    let reply = replies.message().await?.context("a reflection reply")?;
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else { anyhow::bail!("{reply:?}") };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for wanted in
+        ["baton.v1.WorkflowService", "baton.v1.TaskService", "baton.v1.MetadataService", "baton.v1.ClusterService"]
+    {
+        ensure!(names.iter().any(|n| n == wanted), "{wanted} not listed: {names:?}");
+    }
+    cluster.pass();
+    Ok(())
+}

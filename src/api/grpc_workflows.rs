@@ -58,6 +58,7 @@ impl WorkflowService for WorkflowGrpc {
             input: object(&r.input_json, "input_json")?,
             workflow_def,
             priority: r.priority,
+            idempotency_key: (!r.idempotency_key.is_empty()).then_some(r.idempotency_key),
             ..Default::default()
         };
         let workflow_id = self.api.start(req).await?;

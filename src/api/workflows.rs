@@ -35,6 +35,8 @@ pub struct StartWorkflowRequest {
     /// Priority 0-99.
     #[serde(default)]
     pub priority: u32,
+    /// A start retried with the same key answers the same workflow id, also across leader changes.
+    pub idempotency_key: Option<String>,
 }
 
 /// Conductor's `TaskResult`.
@@ -107,6 +109,7 @@ impl WorkflowApi {
             correlation_id: req.correlation_id,
             priority: req.priority,
             task_to_domain: req.task_to_domain,
+            idempotency_key: req.idempotency_key,
         };
         let committed = self.gateway.write(Command::StartWorkflow(start)).await?;
         match committed.response {

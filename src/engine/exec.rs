@@ -118,6 +118,8 @@ pub struct Exec<'s, S: StateView> {
     to_decide: BTreeSet<String>,
     /// The workflow being ended was ended by an operator (no failure workflow).
     ending_by_operator: bool,
+    /// Idempotency keys recorded by this command.
+    idempotency_keys: BTreeMap<String, String>,
 }
 
 /// A refusal from an operation: the engine's deterministic "no".
@@ -147,6 +149,7 @@ impl<'s, S: StateView> Exec<'s, S> {
             task_defs: BTreeMap::new(),
             to_decide: BTreeSet::new(),
             ending_by_operator: false,
+            idempotency_keys: BTreeMap::new(),
         }
     }
 
@@ -237,6 +240,19 @@ impl<'s, S: StateView> Exec<'s, S> {
         Ok(if due == u64::MAX { 0 } else { due })
     }
 
+    /// The workflow a start with this idempotency key created, if any.
+    pub fn idempotent_start(&self, key: &str) -> Result<Option<String>, StateError> {
+        match self.idempotency_keys.get(key) {
+            Some(id) => Ok(Some(id.clone())),
+            None => self.state.idempotency_key(key),
+        }
+    }
+
+    /// Remembers that this command's start used `key`.
+    pub fn record_idempotency_key(&mut self, key: &str, workflow_id: &str) {
+        self.idempotency_keys.insert(key.to_string(), workflow_id.to_string());
+    }
+
     /// Marks a workflow for another decision round before the command ends.
     pub fn schedule_decide(&mut self, id: &str) {
         self.to_decide.insert(id.to_string());
@@ -258,6 +274,9 @@ impl<'s, S: StateView> Exec<'s, S> {
             let Some(mut wf) = self.workflows.remove(&id) else { continue };
             wf.next_tick_ms = self.next_tick(&wf)?;
             mutations.push(Mutation::PutWorkflow(Box::new(wf)));
+        }
+        for (key, workflow_id) in std::mem::take(&mut self.idempotency_keys) {
+            mutations.push(Mutation::PutIdempotencyKey { key, workflow_id });
         }
         Ok(mutations)
     }

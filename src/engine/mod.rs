@@ -311,6 +311,13 @@ pub enum Mutation {
     PutWorkflowDef(WorkflowDef),
     /// Write (create or replace) a workflow execution, keyed by id.
     PutWorkflow(Box<Workflow>),
+    /// Remember which workflow a start with this idempotency key created.
+    PutIdempotencyKey {
+        /// The caller's key.
+        key: String,
+        /// The workflow it started.
+        workflow_id: String,
+    },
 }
 
 /// The state could not be read. Fatal for the node: applying must stop rather than diverge.
@@ -328,6 +335,8 @@ pub trait StateView {
     fn latest_workflow_def(&self, name: &str) -> Result<Option<WorkflowDef>, StateError>;
     /// The workflow execution with that id.
     fn workflow(&self, id: &str) -> Result<Option<Workflow>, StateError>;
+    /// The workflow a start with this idempotency key created.
+    fn idempotency_key(&self, key: &str) -> Result<Option<String>, StateError>;
 }
 
 /// The result of applying one proposal.
@@ -426,6 +435,7 @@ fn apply_batch(state: &impl StateView, at_ms: u64, commands: &[Command]) -> Resu
         task_defs: Default::default(),
         workflow_defs: Default::default(),
         workflows: Default::default(),
+        idempotency_keys: Default::default(),
     };
     let mut mutations = Vec::new();
     let mut responses = Vec::with_capacity(commands.len());
@@ -446,6 +456,7 @@ struct Overlay<'s, S: StateView> {
     task_defs: std::collections::BTreeMap<String, TaskDef>,
     workflow_defs: std::collections::BTreeMap<(String, u32), WorkflowDef>,
     workflows: std::collections::BTreeMap<String, Workflow>,
+    idempotency_keys: std::collections::BTreeMap<String, String>,
 }
 
 impl<S: StateView> Overlay<'_, S> {
@@ -459,6 +470,9 @@ impl<S: StateView> Overlay<'_, S> {
             }
             Mutation::PutWorkflow(w) => {
                 self.workflows.insert(w.workflow_id.clone(), w.as_ref().clone());
+            }
+            Mutation::PutIdempotencyKey { key, workflow_id } => {
+                self.idempotency_keys.insert(key.clone(), workflow_id.clone());
             }
         }
     }
@@ -490,6 +504,12 @@ impl<S: StateView> StateView for Overlay<'_, S> {
         match self.workflows.get(id) {
             Some(w) => Ok(Some(w.clone())),
             None => self.base.workflow(id),
+        }
+    }
+    fn idempotency_key(&self, key: &str) -> Result<Option<String>, StateError> {
+        match self.idempotency_keys.get(key) {
+            Some(id) => Ok(Some(id.clone())),
+            None => self.base.idempotency_key(key),
         }
     }
 }
@@ -622,6 +642,9 @@ mod metadata_tests {
         fn workflow(&self, _id: &str) -> Result<Option<Workflow>, StateError> {
             Ok(None)
         }
+        fn idempotency_key(&self, _key: &str) -> Result<Option<String>, StateError> {
+            Ok(None)
+        }
     }
 
     impl MemState {
@@ -634,7 +657,7 @@ mod metadata_tests {
                     Mutation::PutWorkflowDef(d) => {
                         self.workflow_defs.insert((d.name.clone(), workflow_version(d)), d.clone());
                     }
-                    Mutation::PutWorkflow(_) => {}
+                    Mutation::PutWorkflow(_) | Mutation::PutIdempotencyKey { .. } => {}
                 }
             }
         }

@@ -31,6 +31,9 @@ pub struct StartWorkflow {
     pub priority: u32,
     /// Task type -> domain.
     pub task_to_domain: BTreeMap<String, String>,
+    /// The caller's idempotency key: a start with a key already used answers the workflow it started.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
 }
 
 /// What a worker (or an operator) reports for a task (Conductor's `TaskResult`).
@@ -85,6 +88,11 @@ fn not_found(what: &str, id: &str) -> Refusal {
 impl<S: StateView> Exec<'_, S> {
     /// Starts a workflow.
     pub fn op_start(&mut self, req: &StartWorkflow) -> OpResult<String> {
+        if let Some(key) = req.idempotency_key.as_deref().filter(|k| !k.is_empty()) {
+            if let Some(existing) = self.idempotent_start(key)? {
+                return Ok(Ok(existing));
+            }
+        }
         let def = match &req.definition {
             Some(def) => {
                 let mut problems = validate_workflow_def(def);
@@ -119,6 +127,9 @@ impl<S: StateView> Exec<'_, S> {
         );
         wf.task_to_domain = req.task_to_domain.clone();
         self.insert(wf);
+        if let Some(key) = req.idempotency_key.as_deref().filter(|k| !k.is_empty()) {
+            self.record_idempotency_key(key, &req.workflow_id);
+        }
         self.start(&req.workflow_id)?;
         Ok(Ok(req.workflow_id.clone()))
     }

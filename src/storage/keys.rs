@@ -52,6 +52,8 @@ pub enum Table {
     WorkflowDef = 2,
     /// Workflow executions (with their tasks) by id.
     Workflow = 3,
+    /// Idempotency keys of starts -> the workflow id they created.
+    IdempotencyKey = 4,
 }
 
 /// `raft_log` key of a log index.
@@ -99,6 +101,13 @@ pub fn workflow(partition: u16, id: &str) -> Vec<u8> {
     let mut key = table_prefix(partition, Table::Workflow);
     key.extend_from_slice(id.as_bytes());
     key
+}
+
+/// Key of an idempotency key record.
+pub fn idempotency_key(partition: u16, key: &str) -> Vec<u8> {
+    let mut k = table_prefix(partition, Table::IdempotencyKey);
+    k.extend_from_slice(key.as_bytes());
+    k
 }
 
 /// The smallest key greater than every key that starts with `prefix` (None when no such key exists).

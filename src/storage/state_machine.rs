@@ -212,6 +212,10 @@ impl StateView for RocksView<'_> {
     fn workflow(&self, id: &str) -> Result<Option<Workflow>, StateError> {
         read_record(self.0, &keys::workflow(keys::PARTITION_0, id)).map_err(|e| StateError(e.to_string()))
     }
+
+    fn idempotency_key(&self, key: &str) -> Result<Option<String>, StateError> {
+        read_record(self.0, &keys::idempotency_key(keys::PARTITION_0, key)).map_err(|e| StateError(e.to_string()))
+    }
 }
 
 /// The state machine openraft drives.
@@ -251,6 +255,9 @@ impl StateMachineStore {
                 keys::workflow_def(keys::PARTITION_0, &def.name, engine::workflow_version(def)),
                 codec::encode(def)?,
             ),
+            Mutation::PutIdempotencyKey { key, workflow_id } => {
+                batch.put_cf(cf, keys::idempotency_key(keys::PARTITION_0, key), codec::encode(workflow_id)?)
+            }
             Mutation::PutWorkflow(wf) => {
                 batch.put_cf(cf, keys::workflow(keys::PARTITION_0, &wf.workflow_id), codec::encode(wf.as_ref())?)
             }

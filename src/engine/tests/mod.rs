@@ -23,6 +23,7 @@ pub struct MemState {
     pub task_defs: BTreeMap<String, TaskDef>,
     pub workflow_defs: BTreeMap<(String, u32), WorkflowDef>,
     pub workflows: BTreeMap<String, Workflow>,
+    pub idempotency_keys: BTreeMap<String, String>,
 }
 
 impl StateView for MemState {
@@ -42,6 +43,9 @@ impl StateView for MemState {
     fn workflow(&self, id: &str) -> Result<Option<Workflow>, StateError> {
         Ok(self.workflows.get(id).cloned())
     }
+    fn idempotency_key(&self, key: &str) -> Result<Option<String>, StateError> {
+        Ok(self.idempotency_keys.get(key).cloned())
+    }
 }
 
 impl MemState {
@@ -57,6 +61,9 @@ impl MemState {
                 }
                 Mutation::PutWorkflow(w) => {
                     self.workflows.insert(w.workflow_id.clone(), *w);
+                }
+                Mutation::PutIdempotencyKey { key, workflow_id } => {
+                    self.idempotency_keys.insert(key, workflow_id);
                 }
             }
         }
@@ -111,6 +118,7 @@ impl World {
             correlation_id: None,
             priority: 0,
             task_to_domain: BTreeMap::new(),
+            idempotency_key: None,
         }
     }
 

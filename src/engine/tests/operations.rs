@@ -331,3 +331,28 @@ fn definitions_with_malformed_expressions_or_scripts_are_refused_with_their_path
     }
     assert!(w.state.workflow_defs.is_empty());
 }
+
+#[test]
+fn a_start_repeated_with_the_same_idempotency_key_answers_the_same_workflow() {
+    let mut w = World::new();
+    two_step(&mut w);
+    let mut first = w.start_request("two", json!({}));
+    first.idempotency_key = Some("order-42".into());
+    let mut retry = first.clone();
+    retry.workflow_id = "another-id-drawn-by-the-retry".into();
+    let CommandResponse::WorkflowStarted { workflow_id: a } = w.run(Command::StartWorkflow(first)) else { panic!() };
+    let CommandResponse::WorkflowStarted { workflow_id: b } = w.run(Command::StartWorkflow(retry)) else { panic!() };
+    assert_eq!(a, b);
+    assert_eq!(w.state.workflows.len(), 1);
+    // Within one batch too.
+    let mut x = w.start_request("two", json!({}));
+    x.idempotency_key = Some("k2".into());
+    let mut y = x.clone();
+    y.workflow_id = "y".into();
+    let CommandResponse::Batch(answers) =
+        w.run(Command::Batch(vec![Command::StartWorkflow(x), Command::StartWorkflow(y)]))
+    else {
+        panic!()
+    };
+    assert_eq!(answers[0], answers[1]);
+}
