@@ -23,8 +23,8 @@ use toml::{Table, Value};
 const ENV_PREFIX: &str = "BATON_";
 
 /// `BATON_*` variables that belong to someone else and are not configuration keys.
-/// `BATON_LOG` is the log filter, read by the tracing set-up.
-const RESERVED_ENV: &[&str] = &["BATON_LOG"];
+/// `BATON_LOG` is the log filter, read by the tracing set-up; `BATON_ADDR` is the CLI's default node list.
+const RESERVED_ENV: &[&str] = &["BATON_LOG", "BATON_ADDR"];
 
 /// The tables whose keys can be set from the environment one by one.
 const ENV_TABLES: &[&str] = &["raft", "snapshot", "api"];

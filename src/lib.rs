@@ -13,6 +13,7 @@
 //! - [`api`]: what clients see: gRPC services, HTTP (status, health, Conductor REST), error mapping.
 //! - [`config`]: the configuration tree, its layers and validation.
 //! - [`node`]: the composition root: starts and stops one node.
+//! - [`client`]: the Rust SDK (a `Client` and a `Worker` runner) over the public gRPC API.
 //! - [`cli`]: the `baton` command's subcommands other than `server` (`up`, `cluster status`).
 //! - [`pb`]: code generated from proto/.
 //!
@@ -22,6 +23,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod engine;
 pub mod node;

@@ -42,6 +42,127 @@ enum Cmd {
         #[command(subcommand)]
         command: ClusterCmd,
     },
+    /// Definitions.
+    Def {
+        #[command(flatten)]
+        nodes: Nodes,
+        #[command(subcommand)]
+        command: DefCmd,
+    },
+    /// Workflows.
+    Workflow {
+        #[command(flatten)]
+        nodes: Nodes,
+        #[command(subcommand)]
+        command: WorkflowCmd,
+    },
+    /// Workers.
+    Worker {
+        #[command(flatten)]
+        nodes: Nodes,
+        #[command(subcommand)]
+        command: WorkerCmd,
+    },
+}
+
+/// The nodes a client command talks to.
+#[derive(clap::Args)]
+struct Nodes {
+    /// gRPC addresses of any nodes, comma-separated; the next is tried when one is down.
+    #[arg(
+        long = "addr",
+        global = true,
+        env = "BATON_ADDR",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+    )]
+    addrs: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum DefCmd {
+    /// Register definitions: each file holds a workflow definition, a task definition, or a JSON list of either.
+    Put {
+        /// The files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum WorkflowCmd {
+    /// Start a workflow; prints its id (or, with --json, the workflow).
+    Start {
+        /// The definition's name.
+        name: String,
+        #[arg(long)]
+        version: Option<u32>,
+        /// The input, a JSON object.
+        #[arg(long)]
+        input: Option<String>,
+        #[arg(long)]
+        correlation_id: Option<String>,
+        /// Retrying with the same key answers the same workflow.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Wait until the workflow ends, showing progress.
+        #[arg(long)]
+        wait: bool,
+        /// Longest wait, seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a workflow and its tasks.
+    Get {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List workflows, newest first.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Terminate a workflow.
+    Terminate {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Pause a workflow.
+    Pause { id: String },
+    /// Resume a paused workflow.
+    Resume { id: String },
+    /// Retry a failed workflow from its failed tasks.
+    Retry { id: String },
+    /// Restart a finished workflow.
+    Restart {
+        id: String,
+        /// Use the latest version of the definition.
+        #[arg(long)]
+        latest: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum WorkerCmd {
+    /// Run CMD for each task of a type: the task's input JSON on stdin, its stdout as the output JSON.
+    Exec {
+        /// The task type to serve.
+        #[arg(long = "task")]
+        task_type: String,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// The command and its arguments (after --).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -106,6 +227,35 @@ async fn server(config: PathBuf, data_dir: Option<PathBuf>) -> ExitCode {
     }
 }
 
+async fn workflow(addrs: &[String], command: WorkflowCmd) -> ExitCode {
+    use baton::cli::commands as c;
+    use baton::client::Operation;
+    match command {
+        WorkflowCmd::Start { name, version, input, correlation_id, idempotency_key, wait, timeout, json } => {
+            let o = c::StartOptions {
+                name,
+                version,
+                input,
+                correlation_id,
+                idempotency_key,
+                wait,
+                timeout_s: timeout,
+                json,
+            };
+            c::workflow_start(addrs, o).await
+        }
+        WorkflowCmd::Get { id, json } => c::workflow_get(addrs, &id, json).await,
+        WorkflowCmd::List { status, name, json } => c::workflow_list(addrs, status, name, json).await,
+        WorkflowCmd::Terminate { id, reason } => {
+            c::workflow_operate(addrs, Operation::Terminate, &id, reason, false).await
+        }
+        WorkflowCmd::Pause { id } => c::workflow_operate(addrs, Operation::Pause, &id, None, false).await,
+        WorkflowCmd::Resume { id } => c::workflow_operate(addrs, Operation::Resume, &id, None, false).await,
+        WorkflowCmd::Retry { id } => c::workflow_operate(addrs, Operation::Retry, &id, None, false).await,
+        WorkflowCmd::Restart { id, latest } => c::workflow_operate(addrs, Operation::Restart, &id, None, latest).await,
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -120,6 +270,12 @@ async fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Cmd::Def { nodes, command: DefCmd::Put { files } } => baton::cli::commands::def_put(&nodes.addrs, &files).await,
+        Cmd::Workflow { nodes, command } => workflow(&nodes.addrs, command).await,
+        Cmd::Worker { nodes, command: WorkerCmd::Exec { task_type, concurrency, command } } => {
+            init_logging();
+            baton::cli::commands::worker_exec(&nodes.addrs, task_type, concurrency, command).await
         }
         Cmd::Cluster { command: ClusterCmd::Status { addrs, json } } => {
             let replies = baton::cli::status::fetch_all(&addrs).await;

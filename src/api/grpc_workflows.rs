@@ -75,6 +75,60 @@ impl WorkflowService for WorkflowGrpc {
         let json = serde_json::to_string(&wf).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::WorkflowJson { json }))
     }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListWorkflowsRequest>,
+    ) -> Result<Response<pb::ListWorkflowsReply>, Status> {
+        let r = request.into_inner();
+        let limit = if r.limit == 0 { 100 } else { r.limit.min(10_000) } as usize;
+        let status = (!r.status.is_empty()).then_some(r.status.as_str());
+        let name = (!r.name.is_empty()).then_some(r.name.as_str());
+        let workflows = self
+            .api
+            .list(status, name, limit)
+            .await?
+            .into_iter()
+            .map(|w| pb::WorkflowSummary {
+                workflow_id: w.workflow_id,
+                name: w.workflow_name,
+                version: w.workflow_version,
+                status: w.status.as_str().to_string(),
+                start_time: w.start_time,
+                end_time: w.end_time,
+                correlation_id: w.correlation_id.unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListWorkflowsReply { workflows }))
+    }
+
+    async fn terminate(&self, request: Request<pb::WorkflowOperation>) -> Result<Response<pb::OperationReply>, Status> {
+        let r = request.into_inner();
+        self.api.command(Command::Terminate { workflow_id: r.workflow_id, reason: r.reason }).await?;
+        Ok(Response::new(pb::OperationReply {}))
+    }
+
+    async fn pause(&self, request: Request<pb::WorkflowOperation>) -> Result<Response<pb::OperationReply>, Status> {
+        self.api.command(Command::Pause { workflow_id: request.into_inner().workflow_id }).await?;
+        Ok(Response::new(pb::OperationReply {}))
+    }
+
+    async fn resume(&self, request: Request<pb::WorkflowOperation>) -> Result<Response<pb::OperationReply>, Status> {
+        self.api.command(Command::Resume { workflow_id: request.into_inner().workflow_id }).await?;
+        Ok(Response::new(pb::OperationReply {}))
+    }
+
+    async fn retry(&self, request: Request<pb::WorkflowOperation>) -> Result<Response<pb::OperationReply>, Status> {
+        self.api.command(Command::Retry { workflow_id: request.into_inner().workflow_id }).await?;
+        Ok(Response::new(pb::OperationReply {}))
+    }
+
+    async fn restart(&self, request: Request<pb::WorkflowOperation>) -> Result<Response<pb::OperationReply>, Status> {
+        let r = request.into_inner();
+        let command = Command::Restart { workflow_id: r.workflow_id, use_latest_definition: r.use_latest_definition };
+        self.api.command(command).await?;
+        Ok(Response::new(pb::OperationReply {}))
+    }
 }
 
 /// `TaskService`.

@@ -132,6 +132,27 @@ impl WorkflowApi {
         Ok(wf)
     }
 
+    /// Workflows matching the filters, newest first, at most `limit`. A full scan: fine for operators' listing,
+    /// not for hot paths (search indexes come with the REST API).
+    pub async fn list(
+        &self,
+        status: Option<&str>,
+        name: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Workflow>, ApiError> {
+        let mut all: Vec<Workflow> = self
+            .gateway
+            .reader()
+            .workflows()?
+            .into_iter()
+            .filter(|w| status.is_none_or(|s| w.status.as_str() == s))
+            .filter(|w| name.is_none_or(|n| w.workflow_name == n))
+            .collect();
+        all.sort_by(|a, b| b.create_time.cmp(&a.create_time).then_with(|| a.workflow_id.cmp(&b.workflow_id)));
+        all.truncate(limit);
+        Ok(all)
+    }
+
     /// Runs one workflow command.
     pub async fn command(&self, command: Command) -> Result<(), ApiError> {
         self.gateway.write(command).await.map(|_| ())

@@ -137,6 +137,11 @@ impl StateReader {
         read_record(&self.db, &keys::workflow(keys::PARTITION_0, id))
     }
 
+    /// Every workflow execution (tasks included), in id order.
+    pub fn workflows(&self) -> Result<Vec<Workflow>, ReadError> {
+        scan(&self.db, &keys::table_prefix(keys::PARTITION_0, keys::Table::Workflow))
+    }
+
     /// Every version of every workflow definition, by name then version.
     pub fn workflow_defs(&self) -> Result<Vec<WorkflowDef>, ReadError> {
         scan(&self.db, &keys::table_prefix(keys::PARTITION_0, keys::Table::WorkflowDef))
