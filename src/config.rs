@@ -55,6 +55,8 @@ const ENV_KEYS: &[(&str, Kind)] = &[
     ("snapshot.chunk_size_bytes", Kind::Integer),
     ("api.forward_timeout_ms", Kind::Integer),
     ("api.drain_timeout_ms", Kind::Integer),
+    ("api.max_in_flight_proposals", Kind::Integer),
+    ("api.max_payload_bytes", Kind::Integer),
 ];
 
 /// Smallest allowed [`SnapshotConfig::chunk_size_bytes`]: smaller chunks would spend
@@ -159,12 +161,21 @@ pub struct ApiConfig {
     pub forward_timeout_ms: u64,
     /// Graceful-shutdown budget: how long in-flight requests may take to finish.
     pub drain_timeout_ms: u64,
+    /// Writes a node may have waiting for Raft at once; beyond it calls get RESOURCE_EXHAUSTED (HTTP 429).
+    pub max_in_flight_proposals: u64,
+    /// Largest JSON document (input, output, definition) a call may carry, bytes.
+    pub max_payload_bytes: u64,
 }
 
 impl Default for ApiConfig {
-    /// 5 s to forward a write, 5 s to drain on shutdown.
+    /// 5 s to forward a write, 5 s to drain on shutdown, 10,000 writes in flight, 1 MiB documents.
     fn default() -> Self {
-        ApiConfig { forward_timeout_ms: 5000, drain_timeout_ms: 5000 }
+        ApiConfig {
+            forward_timeout_ms: 5000,
+            drain_timeout_ms: 5000,
+            max_in_flight_proposals: 10_000,
+            max_payload_bytes: 1024 * 1024,
+        }
     }
 }
 
@@ -379,6 +390,8 @@ impl Config {
             ("snapshot.logs_since_last", self.snapshot.logs_since_last, 1),
             ("snapshot.chunk_size_bytes", self.snapshot.chunk_size_bytes, MIN_CHUNK_SIZE_BYTES),
             ("api.forward_timeout_ms", self.api.forward_timeout_ms, 1),
+            ("api.max_in_flight_proposals", self.api.max_in_flight_proposals, 1),
+            ("api.max_payload_bytes", self.api.max_payload_bytes, 1024),
         ] {
             if c.usable(&[key]) && value < min {
                 c.fail(key, format!("must be at least {min} (got {value})"));
@@ -462,6 +475,8 @@ impl Config {
             ("snapshot.chunk_size_bytes", s.chunk_size_bytes),
             ("api.forward_timeout_ms", a.forward_timeout_ms),
             ("api.drain_timeout_ms", a.drain_timeout_ms),
+            ("api.max_in_flight_proposals", a.max_in_flight_proposals),
+            ("api.max_payload_bytes", a.max_payload_bytes),
         ]
         .into_iter()
         .map(|(key, value)| (key.to_owned(), value))
@@ -719,6 +734,8 @@ impl Reader {
         let api = ApiConfig {
             forward_timeout_ms: self.u64_or(&mut t, "api", "forward_timeout_ms", d.forward_timeout_ms),
             drain_timeout_ms: self.u64_or(&mut t, "api", "drain_timeout_ms", d.drain_timeout_ms),
+            max_in_flight_proposals: self.u64_or(&mut t, "api", "max_in_flight_proposals", d.max_in_flight_proposals),
+            max_payload_bytes: self.u64_or(&mut t, "api", "max_payload_bytes", d.max_payload_bytes),
         };
         self.unknown_keys(t, "api");
 
@@ -1023,7 +1040,8 @@ mod tests {
             config.snapshot,
             SnapshotConfig { logs_since_last: 5000, max_logs_kept: 1000, chunk_size_bytes: 1_048_576 }
         );
-        assert_eq!(config.api, ApiConfig { forward_timeout_ms: 5000, drain_timeout_ms: 5000 });
+        assert_eq!(config.api, ApiConfig::default());
+        assert_eq!(config.api.forward_timeout_ms, 5000);
         assert_eq!(config.grpc_listen, None);
         assert_eq!(config.grpc_listen_addr(), "127.0.0.1:7001");
     }

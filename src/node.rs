@@ -132,12 +132,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         config.node_id,
         &config.cluster_id,
         Duration::from_millis(config.api.forward_timeout_ms),
+        usize::try_from(config.api.max_in_flight_proposals).unwrap_or(usize::MAX),
     ));
     let gateway = Gateway::new(proposer.clone(), reader.clone());
     let metadata = MetadataApi::new(gateway.clone());
     let workflows = WorkflowApi::new(gateway);
     let dispatcher = Arc::new(Dispatcher::new(proposer.clone(), reader.clone()));
 
+    // Public calls may carry at most one document of max_payload_bytes (plus the message's own fields).
+    let max_payload = usize::try_from(config.api.max_payload_bytes).unwrap_or(usize::MAX).saturating_add(4096);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -153,9 +156,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
                 .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
         )
         .add_service(ClusterServiceServer::new(ClusterGrpc::new(raft.clone(), reader.clone(), &config.cluster_id)))
-        .add_service(MetadataServiceServer::new(MetadataGrpc::new(metadata.clone())))
-        .add_service(WorkflowServiceServer::new(WorkflowGrpc::new(workflows.clone())))
-        .add_service(TaskServiceServer::new(TaskGrpc::new(workflows.clone(), dispatcher)))
+        .add_service(
+            MetadataServiceServer::new(MetadataGrpc::new(metadata.clone())).max_decoding_message_size(max_payload),
+        )
+        .add_service(
+            WorkflowServiceServer::new(WorkflowGrpc::new(workflows.clone())).max_decoding_message_size(max_payload),
+        )
+        .add_service(
+            TaskServiceServer::new(TaskGrpc::new(workflows.clone(), dispatcher)).max_decoding_message_size(max_payload),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), shutdown.clone().cancelled_owned());
     let http_app = router(HttpState {
         raft: raft.clone(),
@@ -164,6 +173,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         workflows,
         cluster_id: config.cluster_id.as_str().into(),
     });
+    let http_app = http_app.layer(axum::extract::DefaultBodyLimit::max(max_payload));
     let http = axum::serve(http_listener, http_app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
 
     tracing::info!(

@@ -201,3 +201,40 @@ async fn grpc_health_and_reflection_work_without_the_proto_files() -> Result<()>
     cluster.pass();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_payloads_are_refused_with_a_clear_status_and_the_node_keeps_serving() -> Result<()> {
+    use baton::pb::v1::workflow_service_client::WorkflowServiceClient;
+    use baton::pb::v1::StartWorkflowRequest;
+    let cluster = Cluster::start(1).await?;
+    cluster.leader().await?;
+    let node = cluster.node(1);
+    let big = "x".repeat(2 * 1024 * 1024);
+    let req = StartWorkflowRequest {
+        name: "anything".into(),
+        input_json: format!(r#"{{"blob":"{big}"}}"#),
+        ..Default::default()
+    };
+    let mut wf = WorkflowServiceClient::new(baton::raft::network::channel(&node.grpc_addr)?);
+    let err = wf.start(req).await.expect_err("2 MiB over a 1 MiB limit");
+    ensure!(
+        matches!(err.code(), tonic::Code::ResourceExhausted | tonic::Code::OutOfRange)
+            && err.message().contains("too large"),
+        "{err:?}"
+    );
+    let reply =
+        support::post_raw(node, "/api/workflow", &format!(r#"{{"name":"x","input":{{"blob":"{big}"}}}}"#)).await?;
+    ensure!(reply.status == 413, "HTTP answered {}", reply.status);
+    // Still serving.
+    ensure!(node.status().await?.role == "leader");
+    let missing =
+        wf.start(StartWorkflowRequest { name: "nope".into(), ..Default::default() }).await.expect_err("unknown");
+    ensure!(missing.code() == tonic::Code::NotFound && missing.message().contains("nope"), "{missing:?}");
+    let bad = wf
+        .start(StartWorkflowRequest { name: "nope".into(), input_json: "{not json".into(), ..Default::default() })
+        .await
+        .expect_err("bad json");
+    ensure!(bad.code() == tonic::Code::InvalidArgument && bad.message().contains("input_json"), "{bad:?}");
+    cluster.pass();
+    Ok(())
+}

@@ -36,6 +36,9 @@ pub enum ApiError {
     /// No leader could be reached in time, or this node is shutting down; nothing was applied.
     #[error("{0}")]
     Unavailable(String),
+    /// Too many writes waiting; nothing was applied.
+    #[error("{0}")]
+    Overloaded(String),
     /// The write reached a leader but its outcome is unknown.
     #[error("{0}")]
     OutcomeUnknown(String),
@@ -77,6 +80,7 @@ impl From<ProposeError> for ApiError {
         match e {
             ProposeError::NoLeader { .. } | ProposeError::ShuttingDown => ApiError::Unavailable(e.to_string()),
             ProposeError::OutcomeUnknown(_) => ApiError::OutcomeUnknown(e.to_string()),
+            ProposeError::Overloaded { .. } => ApiError::Overloaded(e.to_string()),
         }
     }
 }
@@ -96,6 +100,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::AlreadyExists(_) => tonic::Status::already_exists(message),
             ApiError::Conflict(_) | ApiError::StaleLease(_) => tonic::Status::failed_precondition(message),
             ApiError::Unavailable(_) => tonic::Status::unavailable(message),
+            ApiError::Overloaded(_) => tonic::Status::resource_exhausted(message),
             ApiError::OutcomeUnknown(_) => tonic::Status::deadline_exceeded(message),
             ApiError::Internal(_) => tonic::Status::internal(message),
         }
@@ -123,6 +128,7 @@ impl IntoResponse for ApiError {
                 (StatusCode::CONFLICT, false, Vec::new())
             }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, true, Vec::new()),
+            ApiError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, true, Vec::new()),
             ApiError::OutcomeUnknown(_) => (StatusCode::GATEWAY_TIMEOUT, true, Vec::new()),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, false, Vec::new()),
         };

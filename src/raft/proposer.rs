@@ -54,6 +54,12 @@ pub enum ProposeError {
     /// This node is shutting down.
     #[error("node is shutting down")]
     ShuttingDown,
+    /// Too many writes are waiting for Raft on this node; nothing was applied. Retry later.
+    #[error("overloaded: {limit} writes already waiting for the log on this node; retry later")]
+    Overloaded {
+        /// The configured bound (api.max_in_flight_proposals).
+        limit: usize,
+    },
 }
 
 /// What the leader answers a forwarded command (the payload of the `Forward` peer RPC).
@@ -89,6 +95,9 @@ pub struct Proposer {
     cluster_id: Arc<str>,
     forward_timeout: Duration,
     peers: Mutex<HashMap<NodeId, (String, RaftPeerClient<Channel>)>>,
+    /// Bounds the writes waiting for Raft on this node (backpressure instead of unbounded memory).
+    in_flight: Arc<tokio::sync::Semaphore>,
+    max_in_flight: usize,
 }
 
 impl std::fmt::Debug for Proposer {
@@ -111,8 +120,20 @@ fn now_ms() -> u64 {
 
 impl Proposer {
     /// A proposer for this node.
-    pub fn new(raft: Raft, node_id: NodeId, cluster_id: &str, forward_timeout: Duration) -> Self {
-        Proposer { raft, node_id, cluster_id: cluster_id.into(), forward_timeout, peers: Mutex::new(HashMap::new()) }
+    pub fn new(raft: Raft, node_id: NodeId, cluster_id: &str, forward_timeout: Duration, max_in_flight: usize) -> Self {
+        Proposer {
+            raft,
+            node_id,
+            cluster_id: cluster_id.into(),
+            forward_timeout,
+            peers: Mutex::new(HashMap::new()),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1))),
+            max_in_flight: max_in_flight.max(1),
+        }
+    }
+
+    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ProposeError> {
+        self.in_flight.clone().try_acquire_owned().map_err(|_| ProposeError::Overloaded { limit: self.max_in_flight })
     }
 
     /// The leader this node knows of.
@@ -125,6 +146,7 @@ impl Proposer {
     /// On a follower, the answer also waits (within the same deadline) until this node has applied the entry, so a
     /// client that wrote through a node can read its write back from that node's local state.
     pub async fn propose(&self, command: Command) -> Result<Committed, ProposeError> {
+        let _permit = self.admit()?;
         let deadline = Instant::now() + self.forward_timeout;
         let committed = self.commit(command).await?;
         if committed.leader_id != self.node_id {
@@ -182,6 +204,10 @@ impl Proposer {
         if self.current_leader() != Some(self.node_id) {
             return ForwardReply::NotLeader { leader: self.current_leader() };
         }
+        let _permit = match self.admit() {
+            Ok(p) => p,
+            Err(e) => return ForwardReply::Failed(e),
+        };
         match self.propose_as_leader(command, deadline).await {
             Attempt::Done(committed) => ForwardReply::Committed(committed),
             Attempt::Retry => ForwardReply::NotLeader { leader: self.current_leader() },
