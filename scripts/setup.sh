@@ -19,6 +19,13 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# The Python worker example and its test (examples/python/) need grpcio and its protoc.
+if command -v python3 >/dev/null 2>&1 && ! python3 -c "import grpc, grpc_tools" >/dev/null 2>&1; then
+  echo "setup: installing grpcio grpcio-tools (pip)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools >/dev/null 2>&1 ||
+    echo "setup: pip install grpcio grpcio-tools failed; the Python worker test will fail" >&2
+fi
+
 # Link the system RocksDB (rust-rocksdb 0.21 matches Debian's 7.8).
 ROCKSDB_LIB_DIR="$(dirname "$(find /usr/lib -name 'librocksdb.so' -print -quit)")"
 export ROCKSDB_LIB_DIR
