@@ -47,8 +47,14 @@ fn compute(task_type: &str, x: i64) -> i64 {
 struct Tally {
     completed: AtomicUsize,
     refused: AtomicUsize,
-    /// (when, node index) of every successful completion.
+    /// When each successful completion returned.
     completions: Mutex<Vec<Instant>>,
+    /// (poll started, poll returned) of every poll that returned tasks.
+    dispatches: Mutex<Vec<(Instant, Instant)>>,
+    /// workflow id -> when its previous task's completion was acknowledged (the next task is ready from then on).
+    ready_since: Mutex<BTreeMap<String, Instant>>,
+    /// Task ready (previous completion acknowledged) -> handed to a worker, per task.
+    dispatch_latency: Mutex<Vec<Duration>>,
 }
 
 /// A worker loop: polls all three types on its node, completes what it gets; on a transport error moves to the next
@@ -70,8 +76,23 @@ async fn worker(addrs: Vec<String>, start: usize, name: String, stop: Arc<Atomic
                 timeout_ms: 200,
                 domain: String::new(),
             };
+            let poll_started = Instant::now();
             let tasks = match client.poll(req).await {
-                Ok(r) => r.into_inner().tasks,
+                Ok(r) => {
+                    let tasks = r.into_inner().tasks;
+                    let now = Instant::now();
+                    if !tasks.is_empty() {
+                        tally.dispatches.lock().expect("lock").push((poll_started, now));
+                        let ready = tally.ready_since.lock().expect("lock");
+                        let mut lat = tally.dispatch_latency.lock().expect("lock");
+                        for t in &tasks {
+                            if let Some(since) = ready.get(&t.workflow_id) {
+                                lat.push(now.saturating_duration_since(*since));
+                            }
+                        }
+                    }
+                    tasks
+                }
                 Err(_) => {
                     broken = true;
                     break;
@@ -92,7 +113,9 @@ async fn worker(addrs: Vec<String>, start: usize, name: String, stop: Arc<Atomic
                 match client.update_task(update).await {
                     Ok(_) => {
                         tally.completed.fetch_add(1, Ordering::Relaxed);
-                        tally.completions.lock().expect("lock").push(Instant::now());
+                        let now = Instant::now();
+                        tally.completions.lock().expect("lock").push(now);
+                        tally.ready_since.lock().expect("lock").insert(t.workflow_id.clone(), now);
                     }
                     Err(s) if s.code() == tonic::Code::FailedPrecondition => {
                         tally.refused.fetch_add(1, Ordering::Relaxed);
@@ -185,12 +208,28 @@ async fn workflows_complete_with_workers_on_every_node_while_the_leader_is_kille
         }
         ensure!(completed.values().all(|n| *n == 1) && completed.len() == 3, "workflow {id}: {completed:?}");
     }
-    let first_after = tally.completions.lock().expect("lock").iter().filter(|t| **t > killed_at).min().copied();
-    let gap = first_after.map(|t| t.duration_since(killed_at));
+    // The first poll begun after the kill that got tasks was served under the new leader (no lease can be
+    // committed while there is none).
+    let first_dispatch = tally
+        .dispatches
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|(start, _)| *start > killed_at)
+        .map(|(_, end)| *end)
+        .min();
+    let mut lat = tally.dispatch_latency.lock().expect("lock").clone();
+    lat.sort();
+    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied();
     println!(
-        "workers: {} completions, {} refused as stale; leader kill -> first completion after it: {gap:?}; state_hash {}",
+        "workers: {} completions, {} refused as stale; leader kill -> first task dispatched after it: {:?}; \
+         dispatch latency (task ready -> worker) p50 {:?} p99 {:?} over {} tasks; state_hash {}",
         tally.completed.load(Ordering::Relaxed),
         tally.refused.load(Ordering::Relaxed),
+        first_dispatch.map(|t| t.duration_since(killed_at)),
+        pct(0.5),
+        pct(0.99),
+        lat.len(),
         &statuses[0].state_hash[..12]
     );
     cluster.pass();
