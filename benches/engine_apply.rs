@@ -4,60 +4,20 @@
 
 use std::collections::BTreeMap;
 
-use baton::engine::definitions::{parse_json, TaskDef, WorkflowDef};
-use baton::engine::model::{TaskStatus, Workflow};
+use baton::engine::definitions::{parse_json, WorkflowDef};
+use baton::engine::memory::MemoryState;
+use baton::engine::model::TaskStatus;
 use baton::engine::ops::{StartWorkflow, TaskUpdate};
-use baton::engine::{apply, workflow_version, Command, CommandResponse, Mutation, Proposal, StateError, StateView};
+use baton::engine::{apply, Command, CommandResponse, Proposal};
 use criterion::{criterion_group, criterion_main, Criterion};
 
-#[derive(Default, Clone)]
-struct Mem {
-    task_defs: BTreeMap<String, TaskDef>,
-    workflow_defs: BTreeMap<(String, u32), WorkflowDef>,
-    workflows: BTreeMap<String, Workflow>,
-}
+type Mem = MemoryState;
 
-impl StateView for Mem {
-    fn task_def(&self, name: &str) -> Result<Option<TaskDef>, StateError> {
-        Ok(self.task_defs.get(name).cloned())
-    }
-    fn workflow_def(&self, name: &str, version: u32) -> Result<Option<WorkflowDef>, StateError> {
-        Ok(self.workflow_defs.get(&(name.to_string(), version)).cloned())
-    }
-    fn latest_workflow_def(&self, name: &str) -> Result<Option<WorkflowDef>, StateError> {
-        Ok(self
-            .workflow_defs
-            .range((name.to_string(), 0)..=(name.to_string(), u32::MAX))
-            .last()
-            .map(|(_, d)| d.clone()))
-    }
-    fn workflow(&self, id: &str) -> Result<Option<Workflow>, StateError> {
-        Ok(self.workflows.get(id).cloned())
-    }
-    fn idempotency_key(&self, _key: &str) -> Result<Option<String>, StateError> {
-        Ok(None)
-    }
-}
-
-impl Mem {
-    fn run(&mut self, command: Command) -> CommandResponse {
-        let applied = apply(self, &Proposal { at_ms: 1, command }).expect("in memory");
-        for m in applied.mutations {
-            match m {
-                Mutation::PutTaskDef(d) => {
-                    self.task_defs.insert(d.name.clone(), d);
-                }
-                Mutation::PutWorkflowDef(d) => {
-                    self.workflow_defs.insert((d.name.clone(), workflow_version(&d)), d);
-                }
-                Mutation::PutWorkflow(w) => {
-                    self.workflows.insert(w.workflow_id.clone(), *w);
-                }
-                Mutation::PutIdempotencyKey { .. } => {}
-            }
-        }
-        applied.response
-    }
+fn run(m: &mut Mem, command: Command) -> CommandResponse {
+    let applied = apply(m, &Proposal { at_ms: 1, command }).expect("in memory");
+    let response = applied.response.clone();
+    m.write(applied.mutations);
+    response
 }
 
 fn setup() -> Mem {
@@ -66,7 +26,7 @@ fn setup() -> Mem {
         .iter()
         .map(|n| parse_json(&format!(r#"{{"name":"{n}","retryCount":0}}"#)).expect("def"))
         .collect();
-    m.run(Command::RegisterTaskDefs { defs });
+    run(&mut m, Command::RegisterTaskDefs { defs });
     let wf: WorkflowDef = parse_json(
         r#"{"name":"three","tasks":[
             {"name":"a","taskReferenceName":"a","inputParameters":{"x":"${workflow.input.x}"}},
@@ -74,7 +34,7 @@ fn setup() -> Mem {
             {"name":"c","taskReferenceName":"c","inputParameters":{"z":"${b.output.z}"}}]}"#,
     )
     .expect("wf");
-    m.run(Command::UpdateWorkflowDefs { defs: vec![wf] });
+    run(&mut m, Command::UpdateWorkflowDefs { defs: vec![wf] });
     m
 }
 
@@ -111,14 +71,16 @@ fn bench(c: &mut Criterion) {
         b.iter(|| apply(&base, &Proposal { at_ms: 1, command: start("w1") }).expect("applies"))
     });
     let mut started = base.clone();
-    started.run(start("w1"));
+    run(&mut started, start("w1"));
     let first = complete(&started, "w1", "a");
     c.bench_function("apply update_task (schedules next)", |b| {
         b.iter(|| apply(&started, &Proposal { at_ms: 2, command: first.clone() }).expect("applies"))
     });
     let mut last = started.clone();
-    last.run(complete(&last, "w1", "a"));
-    last.run(complete(&last, "w1", "b"));
+    let a = complete(&last, "w1", "a");
+    run(&mut last, a);
+    let b = complete(&last, "w1", "b");
+    run(&mut last, b);
     let final_update = complete(&last, "w1", "c");
     c.bench_function("apply update_task (completes workflow)", |b| {
         b.iter(|| apply(&last, &Proposal { at_ms: 3, command: final_update.clone() }).expect("applies"))

@@ -15,6 +15,7 @@ pub mod definitions;
 pub mod exec;
 pub mod expr;
 pub mod jq;
+pub mod memory;
 pub mod model;
 pub mod ops;
 pub mod pending;
@@ -613,55 +614,10 @@ fn stamp<T: Timestamped>(def: &T, existing: Option<&T>, at_ms: u64) -> T {
 
 #[cfg(test)]
 mod metadata_tests {
-    use std::collections::BTreeMap;
-
     use super::definitions::parse_json;
     use super::*;
 
-    /// An in-memory state: the engine's twin of the RocksDB store, for tests.
-    #[derive(Default)]
-    struct MemState {
-        task_defs: BTreeMap<String, TaskDef>,
-        workflow_defs: BTreeMap<(String, u32), WorkflowDef>,
-    }
-
-    impl StateView for MemState {
-        fn task_def(&self, name: &str) -> Result<Option<TaskDef>, StateError> {
-            Ok(self.task_defs.get(name).cloned())
-        }
-        fn workflow_def(&self, name: &str, version: u32) -> Result<Option<WorkflowDef>, StateError> {
-            Ok(self.workflow_defs.get(&(name.to_string(), version)).cloned())
-        }
-        fn latest_workflow_def(&self, name: &str) -> Result<Option<WorkflowDef>, StateError> {
-            Ok(self
-                .workflow_defs
-                .range((name.to_string(), 0)..=(name.to_string(), u32::MAX))
-                .last()
-                .map(|(_, d)| d.clone()))
-        }
-        fn workflow(&self, _id: &str) -> Result<Option<Workflow>, StateError> {
-            Ok(None)
-        }
-        fn idempotency_key(&self, _key: &str) -> Result<Option<String>, StateError> {
-            Ok(None)
-        }
-    }
-
-    impl MemState {
-        fn write(&mut self, applied: &Applied) {
-            for m in &applied.mutations {
-                match m {
-                    Mutation::PutTaskDef(d) => {
-                        self.task_defs.insert(d.name.clone(), d.clone());
-                    }
-                    Mutation::PutWorkflowDef(d) => {
-                        self.workflow_defs.insert((d.name.clone(), workflow_version(d)), d.clone());
-                    }
-                    Mutation::PutWorkflow(_) | Mutation::PutIdempotencyKey { .. } => {}
-                }
-            }
-        }
-    }
+    type MemState = super::memory::MemoryState;
 
     fn task_def(name: &str) -> TaskDef {
         parse_json(&format!(r#"{{"name":"{name}"}}"#)).expect("parses")
@@ -676,8 +632,9 @@ mod metadata_tests {
 
     fn run(state: &mut MemState, at_ms: u64, command: Command) -> CommandResponse {
         let applied = apply(state, &Proposal { at_ms, command }).expect("memory state never fails");
-        state.write(&applied);
-        applied.response
+        let response = applied.response.clone();
+        state.write(applied.mutations);
+        response
     }
 
     #[test]

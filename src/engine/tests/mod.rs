@@ -15,60 +15,9 @@ use serde_json::{json, Map, Value};
 use super::definitions::{parse_json, TaskDef, WorkflowDef};
 use super::model::{Task, TaskStatus, Workflow, WorkflowStatus};
 use super::ops::{StartWorkflow, TaskUpdate};
-use super::{apply, workflow_version, Command, CommandResponse, Mutation, Proposal, StateError, StateView};
+use super::{apply, Command, CommandResponse, Proposal};
 
-/// The engine's in-memory twin of the RocksDB state.
-#[derive(Default, Clone)]
-pub struct MemState {
-    pub task_defs: BTreeMap<String, TaskDef>,
-    pub workflow_defs: BTreeMap<(String, u32), WorkflowDef>,
-    pub workflows: BTreeMap<String, Workflow>,
-    pub idempotency_keys: BTreeMap<String, String>,
-}
-
-impl StateView for MemState {
-    fn task_def(&self, name: &str) -> Result<Option<TaskDef>, StateError> {
-        Ok(self.task_defs.get(name).cloned())
-    }
-    fn workflow_def(&self, name: &str, version: u32) -> Result<Option<WorkflowDef>, StateError> {
-        Ok(self.workflow_defs.get(&(name.to_string(), version)).cloned())
-    }
-    fn latest_workflow_def(&self, name: &str) -> Result<Option<WorkflowDef>, StateError> {
-        Ok(self
-            .workflow_defs
-            .range((name.to_string(), 0)..=(name.to_string(), u32::MAX))
-            .last()
-            .map(|(_, d)| d.clone()))
-    }
-    fn workflow(&self, id: &str) -> Result<Option<Workflow>, StateError> {
-        Ok(self.workflows.get(id).cloned())
-    }
-    fn idempotency_key(&self, key: &str) -> Result<Option<String>, StateError> {
-        Ok(self.idempotency_keys.get(key).cloned())
-    }
-}
-
-impl MemState {
-    /// Writes what an applied command changed.
-    pub fn write(&mut self, mutations: Vec<Mutation>) {
-        for m in mutations {
-            match m {
-                Mutation::PutTaskDef(d) => {
-                    self.task_defs.insert(d.name.clone(), d);
-                }
-                Mutation::PutWorkflowDef(d) => {
-                    self.workflow_defs.insert((d.name.clone(), workflow_version(&d)), d);
-                }
-                Mutation::PutWorkflow(w) => {
-                    self.workflows.insert(w.workflow_id.clone(), *w);
-                }
-                Mutation::PutIdempotencyKey { key, workflow_id } => {
-                    self.idempotency_keys.insert(key, workflow_id);
-                }
-            }
-        }
-    }
-}
+pub use crate::engine::memory::MemoryState as MemState;
 
 /// A state, a clock and helpers to drive workflows the way workers and operators would.
 pub struct World {

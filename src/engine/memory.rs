@@ -1,0 +1,65 @@
+//! An in-memory state: the engine's twin of the RocksDB store, for tests and benchmarks. Same [`StateView`], and
+//! [`MemoryState::write`] applies mutations the way storage does.
+
+use std::collections::BTreeMap;
+
+use super::definitions::{TaskDef, WorkflowDef};
+use super::model::Workflow;
+use super::{workflow_version, Mutation, StateError, StateView};
+
+/// Definitions, workflows and idempotency keys in ordered maps.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryState {
+    /// Task definitions by name.
+    pub task_defs: BTreeMap<String, TaskDef>,
+    /// Workflow definitions by name and version.
+    pub workflow_defs: BTreeMap<(String, u32), WorkflowDef>,
+    /// Workflow executions by id.
+    pub workflows: BTreeMap<String, Workflow>,
+    /// Idempotency key -> workflow id.
+    pub idempotency_keys: BTreeMap<String, String>,
+}
+
+impl StateView for MemoryState {
+    fn task_def(&self, name: &str) -> Result<Option<TaskDef>, StateError> {
+        Ok(self.task_defs.get(name).cloned())
+    }
+    fn workflow_def(&self, name: &str, version: u32) -> Result<Option<WorkflowDef>, StateError> {
+        Ok(self.workflow_defs.get(&(name.to_string(), version)).cloned())
+    }
+    fn latest_workflow_def(&self, name: &str) -> Result<Option<WorkflowDef>, StateError> {
+        Ok(self
+            .workflow_defs
+            .range((name.to_string(), 0)..=(name.to_string(), u32::MAX))
+            .last()
+            .map(|(_, d)| d.clone()))
+    }
+    fn workflow(&self, id: &str) -> Result<Option<Workflow>, StateError> {
+        Ok(self.workflows.get(id).cloned())
+    }
+    fn idempotency_key(&self, key: &str) -> Result<Option<String>, StateError> {
+        Ok(self.idempotency_keys.get(key).cloned())
+    }
+}
+
+impl MemoryState {
+    /// Writes what an applied command changed.
+    pub fn write(&mut self, mutations: Vec<Mutation>) {
+        for m in mutations {
+            match m {
+                Mutation::PutTaskDef(d) => {
+                    self.task_defs.insert(d.name.clone(), d);
+                }
+                Mutation::PutWorkflowDef(d) => {
+                    self.workflow_defs.insert((d.name.clone(), workflow_version(&d)), d);
+                }
+                Mutation::PutWorkflow(w) => {
+                    self.workflows.insert(w.workflow_id.clone(), *w);
+                }
+                Mutation::PutIdempotencyKey { key, workflow_id } => {
+                    self.idempotency_keys.insert(key, workflow_id);
+                }
+            }
+        }
+    }
+}
