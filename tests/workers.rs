@@ -296,3 +296,57 @@ async fn a_dead_workers_task_is_handed_out_again_and_its_late_completion_is_refu
     cluster.pass();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_stream_sends_ready_tasks_up_to_the_credits_granted() -> Result<()> {
+    use baton::pb::v1::{stream_request, StreamRequest, Subscribe};
+    let cluster = Cluster::start(3).await?;
+    let leader = cluster.leader().await?;
+    let node = cluster.nodes().iter().find(|n| n.id != leader).context("follower")?;
+    setup(node, 30).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(StreamRequest {
+        kind: Some(stream_request::Kind::Subscribe(Subscribe {
+            task_type: "add_one".into(),
+            worker_id: "streamer".into(),
+            domain: String::new(),
+            credits: 2,
+        })),
+    })
+    .await?;
+    let mut tasks = TaskServiceClient::new(channel(&node.grpc_addr)?);
+    let mut stream = tasks.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    let mut wf_client = WorkflowServiceClient::new(channel(&node.grpc_addr)?);
+    for x in 0..3 {
+        let req =
+            StartWorkflowRequest { name: "math".into(), input_json: json!({"x": x}).to_string(), ..Default::default() };
+        wf_client.start(req).await?;
+    }
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let t = tokio::time::timeout(Duration::from_secs(10), stream.message()).await??.context("stream ended")?;
+        got.push(t);
+    }
+    // Two credits, two tasks: the third stays queued until the worker grants another credit.
+    let early = tokio::time::timeout(Duration::from_millis(700), stream.message()).await;
+    ensure!(early.is_err(), "a task was pushed beyond the credits: {early:?}");
+    tx.send(StreamRequest { kind: Some(stream_request::Kind::Credits(1)) }).await?;
+    let third = tokio::time::timeout(Duration::from_secs(10), stream.message()).await??.context("stream ended")?;
+    got.push(third);
+    let ids: std::collections::BTreeSet<_> = got.iter().map(|t| t.workflow_id.clone()).collect();
+    ensure!(ids.len() == 3, "three different workflows' tasks: {got:?}");
+    for t in &got {
+        let update = UpdateTaskRequest {
+            workflow_id: t.workflow_id.clone(),
+            task_id: t.task_id.clone(),
+            lease_token: t.lease_token.clone(),
+            status: TaskResultStatus::Completed as i32,
+            output_json: json!({"x": 0}).to_string(),
+            ..Default::default()
+        };
+        tasks.update_task(update).await.context("a pushed task's lease is valid")?;
+    }
+    drop(tx);
+    cluster.pass();
+    Ok(())
+}

@@ -159,30 +159,104 @@ fn lease(token: &str, task_id: &str) -> Result<LeaseRef, ApiError> {
     }
 }
 
+/// A dispatched task in its wire form.
+fn worker_task(d: crate::runtime::dispatch::Dispatched) -> pb::WorkerTask {
+    let lease_token = d.lease_token();
+    let t = d.task;
+    pb::WorkerTask {
+        input_json: serde_json::to_string(&t.input_data).unwrap_or_else(|_| "{}".into()),
+        task_id: t.task_id,
+        workflow_id: t.workflow_instance_id,
+        task_type: t.task_type,
+        reference_task_name: t.reference_task_name,
+        retry_count: t.retry_count,
+        poll_count: t.poll_count,
+        lease_token,
+        response_timeout_seconds: t.response_timeout_seconds,
+    }
+}
+
+/// How long one internal poll of a stream waits before looking at the worker's messages again, ms.
+const STREAM_POLL_MS: u32 = 1000;
+
+/// Serves one push stream: leases and sends tasks while the worker has credits. Credits are read on their own
+/// task, so a lease in progress is never abandoned half-way when credits arrive.
+async fn serve_stream(
+    dispatcher: Arc<Dispatcher>,
+    mut incoming: tonic::Streaming<pb::StreamRequest>,
+    out: tokio::sync::mpsc::Sender<Result<pb::WorkerTask, Status>>,
+) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let subscribe = match incoming.message().await {
+        Ok(Some(pb::StreamRequest { kind: Some(pb::stream_request::Kind::Subscribe(s)) })) => s,
+        _ => {
+            let _ = out.send(Err(Status::invalid_argument("the first message of a stream must be a Subscribe"))).await;
+            return;
+        }
+    };
+    let credits = Arc::new(AtomicU64::new(u64::from(subscribe.credits)));
+    let more = Arc::new(tokio::sync::Notify::new());
+    let closed = tokio_util::sync::CancellationToken::new();
+    let reader = {
+        let (credits, more, closed) = (credits.clone(), more.clone(), closed.clone());
+        tokio::spawn(async move {
+            while let Ok(Some(msg)) = incoming.message().await {
+                if let Some(pb::stream_request::Kind::Credits(n)) = msg.kind {
+                    credits.fetch_add(u64::from(n), Ordering::SeqCst);
+                    more.notify_one();
+                }
+            }
+            closed.cancel();
+        })
+    };
+    let domain = (!subscribe.domain.is_empty()).then_some(subscribe.domain.clone());
+    while !closed.is_cancelled() && !out.is_closed() {
+        let available = credits.load(Ordering::SeqCst);
+        if available == 0 {
+            tokio::select! {
+                _ = more.notified() => {}
+                _ = closed.cancelled() => break,
+            }
+            continue;
+        }
+        let want = u32::try_from(available).unwrap_or(u32::MAX);
+        match dispatcher.poll(&subscribe.task_type, domain.as_deref(), &subscribe.worker_id, want, STREAM_POLL_MS).await
+        {
+            Ok(tasks) => {
+                for task in tasks {
+                    credits.fetch_sub(1, Ordering::SeqCst);
+                    if out.send(Ok(worker_task(task))).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = out.send(Err(e.into())).await;
+                break;
+            }
+        }
+    }
+    reader.abort();
+}
+
 #[tonic::async_trait]
 impl TaskService for TaskGrpc {
+    type StreamStream = tokio_stream::wrappers::ReceiverStream<Result<pb::WorkerTask, Status>>;
+
+    async fn stream(
+        &self,
+        request: Request<tonic::Streaming<pb::StreamRequest>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(serve_stream(self.dispatcher.clone(), request.into_inner(), tx));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
     async fn poll(&self, request: Request<pb::PollRequest>) -> Result<Response<pb::PollReply>, Status> {
         let r = request.into_inner();
         let domain = (!r.domain.is_empty()).then_some(r.domain.as_str());
         let tasks = self.dispatcher.poll(&r.task_type, domain, &r.worker_id, r.count, r.timeout_ms).await?;
-        let tasks = tasks
-            .into_iter()
-            .map(|d| {
-                let lease_token = d.lease_token();
-                let t = d.task;
-                pb::WorkerTask {
-                    input_json: serde_json::to_string(&t.input_data).unwrap_or_else(|_| "{}".into()),
-                    task_id: t.task_id,
-                    workflow_id: t.workflow_instance_id,
-                    task_type: t.task_type,
-                    reference_task_name: t.reference_task_name,
-                    retry_count: t.retry_count,
-                    poll_count: t.poll_count,
-                    lease_token,
-                    response_timeout_seconds: t.response_timeout_seconds,
-                }
-            })
-            .collect();
+        let tasks = tasks.into_iter().map(worker_task).collect();
         Ok(Response::new(pb::PollReply { tasks }))
     }
 
