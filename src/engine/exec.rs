@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::definitions::{TaskDef, WorkflowDef, WorkflowTask};
-use super::model::{Task, TaskStatus, Workflow, WorkflowStatus};
+use super::model::{Task, TaskStatus, TypeStats, Workflow, WorkflowStatus};
 use super::{expr, jq, script, Mutation, StateError, StateView};
 
 /// Most tasks one command may schedule in one workflow: a guard against definitions that loop through system
@@ -120,6 +120,21 @@ pub struct Exec<'s, S: StateView> {
     ending_by_operator: bool,
     /// Idempotency keys recorded by this command.
     idempotency_keys: BTreeMap<String, String>,
+    /// Per loaded workflow, its worker tasks IN_PROGRESS by type before this command (to keep counters exact).
+    original_in_progress: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Dispatch counters read or changed by this command.
+    type_stats: BTreeMap<String, TypeStats>,
+    /// Counters to write back.
+    dirty_stats: BTreeSet<String>,
+}
+
+/// A workflow's worker tasks IN_PROGRESS, by type.
+fn in_progress_by_type(wf: &Workflow) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for t in wf.tasks.iter().filter(|t| t.status == TaskStatus::InProgress && !is_system_type(&t.task_type)) {
+        *counts.entry(t.task_type.clone()).or_insert(0) += 1;
+    }
+    counts
 }
 
 /// A refusal from an operation: the engine's deterministic "no".
@@ -150,6 +165,9 @@ impl<'s, S: StateView> Exec<'s, S> {
             to_decide: BTreeSet::new(),
             ending_by_operator: false,
             idempotency_keys: BTreeMap::new(),
+            original_in_progress: BTreeMap::new(),
+            type_stats: BTreeMap::new(),
+            dirty_stats: BTreeSet::new(),
         }
     }
 
@@ -163,6 +181,7 @@ impl<'s, S: StateView> Exec<'s, S> {
         if !self.workflows.contains_key(id) {
             match self.state.workflow(id)? {
                 Some(wf) => {
+                    self.original_in_progress.insert(id.to_string(), in_progress_by_type(&wf));
                     self.workflows.insert(id.to_string(), wf);
                 }
                 None => return Ok(None),
@@ -240,6 +259,22 @@ impl<'s, S: StateView> Exec<'s, S> {
         Ok(if due == u64::MAX { 0 } else { due })
     }
 
+    /// A task type's dispatch counters as this command sees them.
+    pub fn stats(&mut self, task_type: &str) -> Result<TypeStats, StateError> {
+        if let Some(s) = self.type_stats.get(task_type) {
+            return Ok(*s);
+        }
+        let s = self.state.type_stats(task_type)?.unwrap_or_default();
+        self.type_stats.insert(task_type.to_string(), s);
+        Ok(s)
+    }
+
+    /// Changes a task type's dispatch counters.
+    pub fn set_stats(&mut self, task_type: &str, stats: TypeStats) {
+        self.type_stats.insert(task_type.to_string(), stats);
+        self.dirty_stats.insert(task_type.to_string());
+    }
+
     /// The workflow a start with this idempotency key created, if any.
     pub fn idempotent_start(&self, key: &str) -> Result<Option<String>, StateError> {
         match self.idempotency_keys.get(key) {
@@ -273,7 +308,24 @@ impl<'s, S: StateView> Exec<'s, S> {
         for id in dirty {
             let Some(mut wf) = self.workflows.remove(&id) else { continue };
             wf.next_tick_ms = self.next_tick(&wf)?;
+            // Keep the per-type IN_PROGRESS counters exact: the difference this command made to this workflow.
+            let before = self.original_in_progress.remove(&id).unwrap_or_default();
+            let after = in_progress_by_type(&wf);
+            let types: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+            for task_type in types {
+                let (b, a) = (before.get(task_type).copied().unwrap_or(0), after.get(task_type).copied().unwrap_or(0));
+                if a != b {
+                    let mut stats = self.stats(task_type)?;
+                    stats.in_progress = (stats.in_progress + a).saturating_sub(b);
+                    self.set_stats(task_type, stats);
+                }
+            }
             mutations.push(Mutation::PutWorkflow(Box::new(wf)));
+        }
+        for task_type in std::mem::take(&mut self.dirty_stats) {
+            if let Some(stats) = self.type_stats.get(&task_type) {
+                mutations.push(Mutation::PutTypeStats { task_type, stats: *stats });
+            }
         }
         for (key, workflow_id) in std::mem::take(&mut self.idempotency_keys) {
             mutations.push(Mutation::PutIdempotencyKey { key, workflow_id });

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::definitions::{TaskDef, WorkflowDef};
-use super::model::Workflow;
+use super::model::{TypeStats, Workflow};
 use super::{workflow_version, Mutation, StateError, StateView};
 
 /// Definitions, workflows and idempotency keys in ordered maps.
@@ -18,6 +18,8 @@ pub struct MemoryState {
     pub workflows: BTreeMap<String, Workflow>,
     /// Idempotency key -> workflow id.
     pub idempotency_keys: BTreeMap<String, String>,
+    /// Dispatch counters by task type.
+    pub type_stats: BTreeMap<String, TypeStats>,
 }
 
 impl StateView for MemoryState {
@@ -40,6 +42,9 @@ impl StateView for MemoryState {
     fn idempotency_key(&self, key: &str) -> Result<Option<String>, StateError> {
         Ok(self.idempotency_keys.get(key).cloned())
     }
+    fn type_stats(&self, task_type: &str) -> Result<Option<TypeStats>, StateError> {
+        Ok(self.type_stats.get(task_type).copied())
+    }
 }
 
 impl MemoryState {
@@ -58,6 +63,9 @@ impl MemoryState {
                 }
                 Mutation::PutIdempotencyKey { key, workflow_id } => {
                     self.idempotency_keys.insert(key, workflow_id);
+                }
+                Mutation::PutTypeStats { task_type, stats } => {
+                    self.type_stats.insert(task_type, stats);
                 }
             }
         }

@@ -312,6 +312,13 @@ pub enum Mutation {
     PutWorkflowDef(WorkflowDef),
     /// Write (create or replace) a workflow execution, keyed by id.
     PutWorkflow(Box<Workflow>),
+    /// Write a task type's dispatch counters.
+    PutTypeStats {
+        /// The task type.
+        task_type: String,
+        /// The counters.
+        stats: model::TypeStats,
+    },
     /// Remember which workflow a start with this idempotency key created.
     PutIdempotencyKey {
         /// The caller's key.
@@ -338,6 +345,8 @@ pub trait StateView {
     fn workflow(&self, id: &str) -> Result<Option<Workflow>, StateError>;
     /// The workflow a start with this idempotency key created.
     fn idempotency_key(&self, key: &str) -> Result<Option<String>, StateError>;
+    /// A task type's dispatch counters.
+    fn type_stats(&self, task_type: &str) -> Result<Option<model::TypeStats>, StateError>;
 }
 
 /// The result of applying one proposal.
@@ -437,6 +446,7 @@ fn apply_batch(state: &impl StateView, at_ms: u64, commands: &[Command]) -> Resu
         workflow_defs: Default::default(),
         workflows: Default::default(),
         idempotency_keys: Default::default(),
+        type_stats: Default::default(),
     };
     let mut mutations = Vec::new();
     let mut responses = Vec::with_capacity(commands.len());
@@ -458,6 +468,7 @@ struct Overlay<'s, S: StateView> {
     workflow_defs: std::collections::BTreeMap<(String, u32), WorkflowDef>,
     workflows: std::collections::BTreeMap<String, Workflow>,
     idempotency_keys: std::collections::BTreeMap<String, String>,
+    type_stats: std::collections::BTreeMap<String, model::TypeStats>,
 }
 
 impl<S: StateView> Overlay<'_, S> {
@@ -474,6 +485,9 @@ impl<S: StateView> Overlay<'_, S> {
             }
             Mutation::PutIdempotencyKey { key, workflow_id } => {
                 self.idempotency_keys.insert(key.clone(), workflow_id.clone());
+            }
+            Mutation::PutTypeStats { task_type, stats } => {
+                self.type_stats.insert(task_type.clone(), *stats);
             }
         }
     }
@@ -511,6 +525,12 @@ impl<S: StateView> StateView for Overlay<'_, S> {
         match self.idempotency_keys.get(key) {
             Some(id) => Ok(Some(id.clone())),
             None => self.base.idempotency_key(key),
+        }
+    }
+    fn type_stats(&self, task_type: &str) -> Result<Option<model::TypeStats>, StateError> {
+        match self.type_stats.get(task_type) {
+            Some(s) => Ok(Some(*s)),
+            None => self.base.type_stats(task_type),
         }
     }
 }

@@ -184,6 +184,18 @@ pub struct Task {
     pub finished_by_lease: Option<u64>,
 }
 
+/// Per task type, what dispatch limits need: attempts in progress (concurrentExecLimit) and dispatches in the
+/// current rate-limit window (rateLimitPerFrequency per rateLimitFrequencyInSeconds).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypeStats {
+    /// Worker tasks of this type that are IN_PROGRESS.
+    pub in_progress: u64,
+    /// Start of the current rate-limit window, ms.
+    pub window_start_ms: u64,
+    /// Dispatches in the current window.
+    pub dispatched_in_window: u64,
+}
+
 /// Proof that a worker holds a task: the attempt's id and the lease number it was handed. A completion carrying
 /// an older lease number (the task was handed to someone else since, or timed out and was retried under a new id)
 /// is refused, so each attempt's result is applied at most once.

@@ -74,6 +74,10 @@ pub struct LeaseGrant {
     pub lease_seq: u64,
 }
 
+fn granted_here(granted: &BTreeMap<String, u64>, task_type: &str) -> u64 {
+    granted.get(task_type).copied().unwrap_or(0)
+}
+
 fn stale(task_id: &str, lease: LeaseRef, current: u64) -> Refusal {
     Refusal::StaleLease(format!(
         "lease {} of task {task_id} is no longer valid (current lease {current}); the task was handed out again or finished",
@@ -162,16 +166,46 @@ impl<S: StateView> Exec<'_, S> {
     pub fn op_lease(&mut self, worker_id: &str, tasks: &[TaskRef]) -> OpResult<Vec<LeaseGrant>> {
         let now = self.now_ms;
         let mut granted = Vec::new();
+        // Leases granted by this command per type (its IN_PROGRESS counts are only added up when it finishes).
+        let mut granted_types: BTreeMap<String, u64> = BTreeMap::new();
         for r in tasks {
             let Some(wf) = self.workflow(&r.workflow_id)? else { continue };
             if wf.status != WorkflowStatus::Running {
                 continue;
             }
             let Some(i) = wf.task_index(&r.task_id) else { continue };
-            let t = &mut wf.tasks[i];
+            let t = &wf.tasks[i];
             if t.status != TaskStatus::Scheduled || is_system_type(&t.task_type) || t.visible_from > now {
                 continue;
             }
+            // The task definition's limits: attempts in progress, dispatches per window.
+            let task = t.clone();
+            if let Some(def) = self.effective_task_def(&task)? {
+                let mut stats = self.stats(&task.task_type)?;
+                let in_progress_now = stats.in_progress + granted_here(&granted_types, &task.task_type);
+                if let Some(limit) = def.concurrent_exec_limit.filter(|l| *l > 0) {
+                    if in_progress_now >= u64::try_from(limit).unwrap_or(u64::MAX) {
+                        continue;
+                    }
+                }
+                let per = def.rate_limit_per_frequency.unwrap_or(0);
+                let window_s = def.rate_limit_frequency_in_seconds.unwrap_or(0);
+                if per > 0 && window_s > 0 {
+                    let window_ms = u64::try_from(window_s).unwrap_or(0) * 1000;
+                    if now >= stats.window_start_ms + window_ms {
+                        stats.window_start_ms = now;
+                        stats.dispatched_in_window = 0;
+                    }
+                    if stats.dispatched_in_window >= u64::try_from(per).unwrap_or(u64::MAX) {
+                        continue;
+                    }
+                    stats.dispatched_in_window += 1;
+                    self.set_stats(&task.task_type, stats);
+                }
+            }
+            *granted_types.entry(task.task_type.clone()).or_insert(0) += 1;
+            let Some(wf) = self.workflow(&r.workflow_id)? else { continue };
+            let t = &mut wf.tasks[i];
             t.status = TaskStatus::InProgress;
             if t.start_time == 0 {
                 t.start_time = now;

@@ -115,6 +115,15 @@ impl Dispatcher {
                 if !granted.is_empty() {
                     return self.load(granted);
                 }
+                // Nothing granted: taken by another node, or held back by the type's concurrency or rate limit.
+                // Look again when something changes, or shortly (a rate window may open).
+                if Instant::now() >= deadline {
+                    return Ok(Vec::new());
+                }
+                tokio::select! {
+                    _ = &mut changed => {}
+                    _ = tokio::time::sleep(Duration::from_millis(100).min(deadline - Instant::now())) => {}
+                }
                 continue;
             }
             let now_instant = Instant::now();

@@ -54,6 +54,8 @@ pub enum Table {
     Workflow = 3,
     /// Idempotency keys of starts -> the workflow id they created.
     IdempotencyKey = 4,
+    /// Dispatch counters by task type.
+    TypeStats = 5,
 }
 
 /// `raft_log` key of a log index.
@@ -107,6 +109,13 @@ pub fn workflow(partition: u16, id: &str) -> Vec<u8> {
 pub fn idempotency_key(partition: u16, key: &str) -> Vec<u8> {
     let mut k = table_prefix(partition, Table::IdempotencyKey);
     k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// Key of a task type's dispatch counters.
+pub fn type_stats(partition: u16, task_type: &str) -> Vec<u8> {
+    let mut k = table_prefix(partition, Table::TypeStats);
+    k.extend_from_slice(task_type.as_bytes());
     k
 }
 

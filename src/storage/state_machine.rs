@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::{codec, keys, Db};
 use crate::engine::definitions::{TaskDef, WorkflowDef};
-use crate::engine::model::Workflow;
+use crate::engine::model::{TypeStats, Workflow};
 use crate::engine::pending::PendingIndex;
 use crate::engine::{self, CommandResponse, Mutation, StateError, StateView};
 use crate::raft::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -221,6 +221,10 @@ impl StateView for RocksView<'_> {
     fn idempotency_key(&self, key: &str) -> Result<Option<String>, StateError> {
         read_record(self.0, &keys::idempotency_key(keys::PARTITION_0, key)).map_err(|e| StateError(e.to_string()))
     }
+
+    fn type_stats(&self, task_type: &str) -> Result<Option<TypeStats>, StateError> {
+        read_record(self.0, &keys::type_stats(keys::PARTITION_0, task_type)).map_err(|e| StateError(e.to_string()))
+    }
 }
 
 /// The state machine openraft drives.
@@ -260,6 +264,9 @@ impl StateMachineStore {
                 keys::workflow_def(keys::PARTITION_0, &def.name, engine::workflow_version(def)),
                 codec::encode(def)?,
             ),
+            Mutation::PutTypeStats { task_type, stats } => {
+                batch.put_cf(cf, keys::type_stats(keys::PARTITION_0, task_type), codec::encode(stats)?)
+            }
             Mutation::PutIdempotencyKey { key, workflow_id } => {
                 batch.put_cf(cf, keys::idempotency_key(keys::PARTITION_0, key), codec::encode(workflow_id)?)
             }

@@ -138,3 +138,50 @@ fn a_batch_applies_its_commands_in_order_each_seeing_the_previous() {
     assert_eq!(answers[1], CommandResponse::Leased { granted: vec![] }, "the second lease sees the first");
     assert!(matches!(&answers[2], CommandResponse::Rejected(r) if r.kind == RejectionKind::NotFound));
 }
+
+#[test]
+fn concurrent_exec_limit_holds_back_leases_until_an_attempt_finishes() {
+    let mut w = World::new();
+    w.task_def(json!({"name": "scarce", "retryCount": 0, "concurrentExecLimit": 2}));
+    w.workflow_def(json!({"name": "s", "tasks": [{"name": "scarce", "taskReferenceName": "x"}]}));
+    let ids: Vec<String> = (0..3).map(|_| w.start("s", json!({}))).collect();
+    let refs: Vec<TaskRef> =
+        ids.iter().map(|id| TaskRef { workflow_id: id.clone(), task_id: w.task(id, "x").task_id.clone() }).collect();
+    let CommandResponse::Leased { granted } = w.run(Command::LeaseTasks { worker_id: "w".into(), tasks: refs.clone() })
+    else {
+        panic!()
+    };
+    assert_eq!(granted.len(), 2, "two at most in progress");
+    assert_eq!(w.state.type_stats["scarce"].in_progress, 2);
+    let (first, lease_seq) = (&granted[0], granted[0].lease_seq);
+    assert_eq!(
+        report(&mut w, &first.workflow_id.clone(), &first.task_id.clone(), lease_seq, TaskStatus::Completed, 0),
+        CommandResponse::Done
+    );
+    assert_eq!(w.state.type_stats["scarce"].in_progress, 1);
+    let CommandResponse::Leased { granted } = w.run(Command::LeaseTasks { worker_id: "w".into(), tasks: refs }) else {
+        panic!()
+    };
+    assert_eq!(granted.len(), 1, "the third now fits");
+}
+
+#[test]
+fn rate_limit_allows_so_many_dispatches_per_window() {
+    let mut w = World::new();
+    w.task_def(
+        json!({"name": "metered", "retryCount": 0, "rateLimitPerFrequency": 2, "rateLimitFrequencyInSeconds": 10}),
+    );
+    w.workflow_def(json!({"name": "m", "tasks": [{"name": "metered", "taskReferenceName": "x"}]}));
+    let ids: Vec<String> = (0..3).map(|_| w.start("m", json!({}))).collect();
+    let refs: Vec<TaskRef> =
+        ids.iter().map(|id| TaskRef { workflow_id: id.clone(), task_id: w.task(id, "x").task_id.clone() }).collect();
+    let lease_all = |w: &mut World| match w.run(Command::LeaseTasks { worker_id: "w".into(), tasks: refs.clone() }) {
+        CommandResponse::Leased { granted } => granted.len(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(lease_all(&mut w), 2);
+    w.advance(9_999);
+    assert_eq!(lease_all(&mut w), 0, "the window is spent");
+    w.advance(1);
+    assert_eq!(lease_all(&mut w), 1, "a new window");
+}

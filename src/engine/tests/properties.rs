@@ -34,6 +34,8 @@ enum Action {
     Skip(usize, usize),
     /// A late or duplicate worker update for any task, finished or not.
     Redeliver(usize, usize, bool),
+    /// A worker takes a pending task under a lease.
+    Lease(usize, usize),
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -54,6 +56,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (i.clone(), i.clone()).prop_map(|(a, b)| Action::Rerun(a, b)),
         1 => (i.clone(), i.clone()).prop_map(|(a, b)| Action::Skip(a, b)),
         3 => (i.clone(), 0usize..16, any::<bool>()).prop_map(|(a, b, ok)| Action::Redeliver(a, b, ok)),
+        4 => (i.clone(), i.clone()).prop_map(|(a, b)| Action::Lease(a, b)),
     ]
 }
 
@@ -64,7 +67,8 @@ fn world() -> World {
     w.task_def(json!({"name": "a", "retryCount": 1, "retryDelaySeconds": 10, "responseTimeoutSeconds": 30}));
     w.task_def(json!({"name": "b", "retryCount": 0, "timeoutSeconds": 100, "responseTimeoutSeconds": 50,
                       "timeoutPolicy": "RETRY"}));
-    w.task_def(json!({"name": "c", "retryCount": 2, "retryLogic": "EXPONENTIAL_BACKOFF", "retryDelaySeconds": 1}));
+    w.task_def(json!({"name": "c", "retryCount": 2, "retryLogic": "EXPONENTIAL_BACKOFF", "retryDelaySeconds": 1,
+                      "concurrentExecLimit": 2}));
     w.workflow_def(json!({"name": "seq", "timeoutSeconds": 600, "timeoutPolicy": "TIME_OUT_WF", "tasks": [
         {"name": "a", "taskReferenceName": "a"}, {"name": "b", "taskReferenceName": "b"},
         {"name": "c", "taskReferenceName": "c", "optional": true}]}));
@@ -133,6 +137,14 @@ fn command(w: &World, ids: &[String], action: &Action) -> Option<Command> {
             let tasks = &w.wf(&workflow_id).tasks;
             let task = tasks.get(b % tasks.len().max(1))?;
             Command::Rerun { workflow_id, from_task_id: task.task_id.clone(), task_input: None, workflow_input: None }
+        }
+        Action::Lease(a, b) => {
+            let workflow_id = pick(*a)?;
+            let task_id = pending(&workflow_id, *b)?;
+            Command::LeaseTasks {
+                worker_id: "w".into(),
+                tasks: vec![crate::engine::ops::TaskRef { workflow_id, task_id }],
+            }
         }
         Action::Redeliver(a, b, ok) => {
             let workflow_id = pick(*a)?;
@@ -203,6 +215,24 @@ fn check_invariants(
                 );
             }
         }
+    }
+    // The per-type IN_PROGRESS counters (concurrentExecLimit) match the tasks.
+    let mut actual: std::collections::BTreeMap<String, u64> = Default::default();
+    for wf in w.state.workflows.values() {
+        for t in wf
+            .tasks
+            .iter()
+            .filter(|t| t.status == TaskStatus::InProgress && !crate::engine::exec::is_system_type(&t.task_type))
+        {
+            *actual.entry(t.task_type.clone()).or_insert(0) += 1;
+        }
+    }
+    for (task_type, stats) in &w.state.type_stats {
+        assert_eq!(
+            stats.in_progress,
+            actual.get(task_type).copied().unwrap_or(0),
+            "{task_type} counter after {command:?}"
+        );
     }
     for wf in w.state.workflows.values() {
         match wf.status {
