@@ -235,6 +235,31 @@ async fn oversized_payloads_are_refused_with_a_clear_status_and_the_node_keeps_s
         .await
         .expect_err("bad json");
     ensure!(bad.code() == tonic::Code::InvalidArgument && bad.message().contains("input_json"), "{bad:?}");
+    let inline = StartWorkflowRequest {
+        name: "slip".into(),
+        workflow_def_json: r#"{"name":"slip","tasks":[{"name":"a","taskReferenceName":"a","type":"NOPE"}]}"#.into(),
+        ..Default::default()
+    };
+    let invalid = wf.start(inline).await.expect_err("invalid inline definition");
+    ensure!(
+        invalid.code() == tonic::Code::InvalidArgument && invalid.message().contains("tasks[0].type"),
+        "{invalid:?}"
+    );
+    use baton::pb::v1::task_service_client::TaskServiceClient;
+    use baton::pb::v1::{TaskResultStatus, UpdateTaskRequest};
+    let mut tasks = TaskServiceClient::new(baton::raft::network::channel(&node.grpc_addr)?);
+    let unknown = UpdateTaskRequest {
+        workflow_id: "no-such-workflow".into(),
+        task_id: "t".into(),
+        lease_token: "t:0:1".into(),
+        status: TaskResultStatus::Completed as i32,
+        ..Default::default()
+    };
+    let missing_task = tasks.update_task(unknown).await.expect_err("unknown workflow");
+    ensure!(missing_task.code() == tonic::Code::NotFound, "{missing_task:?}");
+    let bad_token = UpdateTaskRequest { lease_token: "garbage".into(), task_id: "t".into(), ..Default::default() };
+    let bad_token = tasks.update_task(bad_token).await.expect_err("bad token");
+    ensure!(bad_token.code() == tonic::Code::InvalidArgument, "{bad_token:?}");
     cluster.pass();
     Ok(())
 }

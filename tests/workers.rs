@@ -139,7 +139,7 @@ async fn workflows_complete_with_workers_on_every_node_while_the_leader_is_kille
     setup(follower, 10).await?;
     let addrs: Vec<String> = cluster.nodes().iter().map(|n| n.grpc_addr.clone()).collect();
 
-    const WORKFLOWS: i64 = 120;
+    const WORKFLOWS: i64 = 500;
     let mut wf_client = WorkflowServiceClient::new(channel(&follower.grpc_addr)?);
     let mut ids = BTreeMap::new();
     for x in 0..WORKFLOWS {
@@ -152,7 +152,7 @@ async fn workflows_complete_with_workers_on_every_node_while_the_leader_is_kille
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let workers: Vec<_> =
-        (0..6).map(|i| tokio::spawn(worker(addrs.clone(), i, format!("w{i}"), stop.clone(), tally.clone()))).collect();
+        (0..8).map(|i| tokio::spawn(worker(addrs.clone(), i, format!("w{i}"), stop.clone(), tally.clone()))).collect();
 
     // Kill the leader once a third of the work is done.
     let total_tasks = (WORKFLOWS * 3) as usize;
