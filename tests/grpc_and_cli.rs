@@ -263,3 +263,79 @@ async fn oversized_payloads_are_refused_with_a_clear_status_and_the_node_keeps_s
     cluster.pass();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_workflow_operations_signal_skip_rerun_log_and_list() -> Result<()> {
+    use baton::pb::v1::task_service_client::TaskServiceClient;
+    use baton::pb::v1::workflow_service_client::WorkflowServiceClient;
+    use baton::pb::v1::{
+        AppendLogRequest, ListWorkflowsRequest, RerunRequest, SignalRequest, SkipTaskRequest, StartWorkflowRequest,
+        TaskResultStatus,
+    };
+    let cluster = Cluster::start(1).await?;
+    cluster.leader().await?;
+    let node = cluster.node(1);
+    support::register_task_def(node, "after").await?;
+    let def = serde_json::json!({"name": "ops", "tasks": [
+        {"name": "gate", "taskReferenceName": "gate", "type": "WAIT"},
+        {"name": "after", "taskReferenceName": "after"}]});
+    support::post_json(node, "/api/metadata/workflow", &def).await?.ok()?;
+    let ch = baton::raft::network::channel(&node.grpc_addr)?;
+    let mut wf = WorkflowServiceClient::new(ch.clone());
+    let start =
+        |corr: &str| StartWorkflowRequest { name: "ops".into(), correlation_id: corr.into(), ..Default::default() };
+    let id = wf.start(start("order-1")).await?.into_inner().workflow_id;
+    wf.start(start("order-2")).await?;
+
+    let listed = wf
+        .list(ListWorkflowsRequest { correlation_id: "order-1".into(), ..Default::default() })
+        .await?
+        .into_inner()
+        .workflows;
+    ensure!(listed.len() == 1 && listed[0].workflow_id == id, "{listed:?}");
+    let paged =
+        wf.list(ListWorkflowsRequest { limit: 1, offset: 1, ..Default::default() }).await?.into_inner().workflows;
+    ensure!(paged.len() == 1, "{paged:?}");
+
+    let get = |wf: &mut WorkflowServiceClient<tonic::transport::Channel>, id: String| {
+        let mut wf = wf.clone();
+        async move {
+            let json =
+                wf.get(baton::pb::v1::GetWorkflowRequest { workflow_id: id, consistency: 0 }).await?.into_inner().json;
+            anyhow::Ok(serde_json::from_str::<serde_json::Value>(&json)?)
+        }
+    };
+    let gate_id = get(&mut wf, id.clone()).await?["tasks"][0]["taskId"].as_str().context("gate")?.to_string();
+    let mut tasks = TaskServiceClient::new(ch);
+    tasks
+        .append_log(AppendLogRequest {
+            workflow_id: id.clone(),
+            task_id: gate_id.clone(),
+            log: "waiting for approval".into(),
+        })
+        .await?;
+    wf.skip_task(SkipTaskRequest {
+        workflow_id: id.clone(),
+        task_reference_name: "after".into(),
+        output_json: r#"{"skipped":true}"#.into(),
+    })
+    .await?;
+    wf.signal(SignalRequest {
+        workflow_id: id.clone(),
+        task_reference_name: "gate".into(),
+        status: TaskResultStatus::Completed as i32,
+        output_json: r#"{"approved":true}"#.into(),
+        ..Default::default()
+    })
+    .await?;
+    let done = get(&mut wf, id.clone()).await?;
+    ensure!(done["status"] == "COMPLETED", "{done}");
+    ensure!(done["tasks"][0]["logs"][0]["log"] == "waiting for approval", "{}", done["tasks"][0]);
+    ensure!(done["output"] == serde_json::json!({"skipped": true}), "{}", done["output"]);
+
+    wf.rerun(RerunRequest { workflow_id: id.clone(), from_task_id: gate_id, ..Default::default() }).await?;
+    let again = get(&mut wf, id.clone()).await?;
+    ensure!(again["status"] == "RUNNING" && again["tasks"][0]["status"] == "IN_PROGRESS", "{again}");
+    cluster.pass();
+    Ok(())
+}

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::api::error::ApiError;
 use crate::api::gateway::Consistency;
 use crate::api::metadata::parse_document;
-use crate::api::workflows::{StartWorkflowRequest, WorkflowApi};
+use crate::api::workflows::{ListFilter, StartWorkflowRequest, WorkflowApi};
 use crate::engine::model::{LeaseRef, TaskStatus};
 use crate::engine::ops::TaskUpdate;
 use crate::engine::Command;
@@ -24,6 +24,19 @@ fn object(text: &str, field: &str) -> Result<Map<String, Value>, ApiError> {
         return Ok(Map::new());
     }
     parse_document(text, field)
+}
+
+/// A task result status from the wire.
+fn result_status(value: i32) -> Result<TaskStatus, Status> {
+    match pb::TaskResultStatus::try_from(value) {
+        Ok(pb::TaskResultStatus::InProgress) => Ok(TaskStatus::InProgress),
+        Ok(pb::TaskResultStatus::Completed) => Ok(TaskStatus::Completed),
+        Ok(pb::TaskResultStatus::Failed) => Ok(TaskStatus::Failed),
+        Ok(pb::TaskResultStatus::FailedWithTerminalError) => Ok(TaskStatus::FailedWithTerminalError),
+        _ => Err(Status::invalid_argument(
+            "status: must be IN_PROGRESS, COMPLETED, FAILED or FAILED_WITH_TERMINAL_ERROR",
+        )),
+    }
 }
 
 /// `WorkflowService`.
@@ -81,12 +94,19 @@ impl WorkflowService for WorkflowGrpc {
         request: Request<pb::ListWorkflowsRequest>,
     ) -> Result<Response<pb::ListWorkflowsReply>, Status> {
         let r = request.into_inner();
-        let limit = if r.limit == 0 { 100 } else { r.limit.min(10_000) } as usize;
-        let status = (!r.status.is_empty()).then_some(r.status.as_str());
-        let name = (!r.name.is_empty()).then_some(r.name.as_str());
+        let some = |s: String| (!s.is_empty()).then_some(s);
+        let filter = ListFilter {
+            status: some(r.status),
+            name: some(r.name),
+            correlation_id: some(r.correlation_id),
+            start_time_from: (r.start_time_from > 0).then_some(r.start_time_from),
+            start_time_to: (r.start_time_to > 0).then_some(r.start_time_to),
+            offset: r.offset as usize,
+            limit: if r.limit == 0 { 100 } else { r.limit.min(10_000) } as usize,
+        };
         let workflows = self
             .api
-            .list(status, name, limit)
+            .list(&filter)
             .await?
             .into_iter()
             .map(|w| pb::WorkflowSummary {
@@ -120,6 +140,50 @@ impl WorkflowService for WorkflowGrpc {
 
     async fn retry(&self, request: Request<pb::WorkflowOperation>) -> Result<Response<pb::OperationReply>, Status> {
         self.api.command(Command::Retry { workflow_id: request.into_inner().workflow_id }).await?;
+        Ok(Response::new(pb::OperationReply {}))
+    }
+
+    async fn rerun(&self, request: Request<pb::RerunRequest>) -> Result<Response<pb::OperationReply>, Status> {
+        let r = request.into_inner();
+        let optional = |text: &str, field: &str| -> Result<Option<Map<String, Value>>, ApiError> {
+            if text.trim().is_empty() {
+                Ok(None)
+            } else {
+                object(text, field).map(Some)
+            }
+        };
+        let command = Command::Rerun {
+            workflow_id: r.workflow_id,
+            from_task_id: r.from_task_id,
+            task_input: optional(&r.task_input_json, "task_input_json")?,
+            workflow_input: optional(&r.workflow_input_json, "workflow_input_json")?,
+        };
+        self.api.command(command).await?;
+        Ok(Response::new(pb::OperationReply {}))
+    }
+
+    async fn skip_task(&self, request: Request<pb::SkipTaskRequest>) -> Result<Response<pb::OperationReply>, Status> {
+        let r = request.into_inner();
+        let output = object(&r.output_json, "output_json")?;
+        self.api
+            .command(Command::SkipTask { workflow_id: r.workflow_id, task_ref: r.task_reference_name, output })
+            .await?;
+        Ok(Response::new(pb::OperationReply {}))
+    }
+
+    async fn signal(&self, request: Request<pb::SignalRequest>) -> Result<Response<pb::OperationReply>, Status> {
+        let r = request.into_inner();
+        let update = TaskUpdate {
+            status: result_status(r.status)?,
+            output: object(&r.output_json, "output_json")?,
+            reason: (!r.reason_for_incompletion.is_empty()).then_some(r.reason_for_incompletion),
+            callback_after_seconds: 0,
+            worker_id: None,
+            lease: None,
+        };
+        self.api
+            .command(Command::SignalTask { workflow_id: r.workflow_id, task_ref: r.task_reference_name, update })
+            .await?;
         Ok(Response::new(pb::OperationReply {}))
     }
 
@@ -265,17 +329,7 @@ impl TaskService for TaskGrpc {
         request: Request<pb::UpdateTaskRequest>,
     ) -> Result<Response<pb::UpdateTaskReply>, Status> {
         let r = request.into_inner();
-        let status = match pb::TaskResultStatus::try_from(r.status) {
-            Ok(pb::TaskResultStatus::InProgress) => TaskStatus::InProgress,
-            Ok(pb::TaskResultStatus::Completed) => TaskStatus::Completed,
-            Ok(pb::TaskResultStatus::Failed) => TaskStatus::Failed,
-            Ok(pb::TaskResultStatus::FailedWithTerminalError) => TaskStatus::FailedWithTerminalError,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "status: must be IN_PROGRESS, COMPLETED, FAILED or FAILED_WITH_TERMINAL_ERROR",
-                ))
-            }
-        };
+        let status = result_status(r.status)?;
         let update = TaskUpdate {
             status,
             output: object(&r.output_json, "output_json")?,
@@ -286,6 +340,12 @@ impl TaskService for TaskGrpc {
         };
         self.api.command(Command::UpdateTask { workflow_id: r.workflow_id, task_id: r.task_id, update }).await?;
         Ok(Response::new(pb::UpdateTaskReply {}))
+    }
+
+    async fn append_log(&self, request: Request<pb::AppendLogRequest>) -> Result<Response<pb::AppendLogReply>, Status> {
+        let r = request.into_inner();
+        self.api.command(Command::AppendTaskLog { workflow_id: r.workflow_id, task_id: r.task_id, log: r.log }).await?;
+        Ok(Response::new(pb::AppendLogReply {}))
     }
 
     async fn extend_lease(

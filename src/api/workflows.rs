@@ -86,6 +86,25 @@ pub struct RerunWorkflowRequest {
     pub workflow_input: Option<Map<String, Value>>,
 }
 
+/// Which workflows a listing shows.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only this status.
+    pub status: Option<String>,
+    /// Only this definition name.
+    pub name: Option<String>,
+    /// Only this correlation id.
+    pub correlation_id: Option<String>,
+    /// Started at or after, ms.
+    pub start_time_from: Option<u64>,
+    /// Started before, ms.
+    pub start_time_to: Option<u64>,
+    /// Matches skipped (paging).
+    pub offset: usize,
+    /// At most this many.
+    pub limit: usize,
+}
+
 /// The workflow service behind the front ends.
 #[derive(Debug, Clone)]
 pub struct WorkflowApi {
@@ -134,23 +153,20 @@ impl WorkflowApi {
 
     /// Workflows matching the filters, newest first, at most `limit`. A full scan: fine for operators' listing,
     /// not for hot paths (search indexes come with the REST API).
-    pub async fn list(
-        &self,
-        status: Option<&str>,
-        name: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Workflow>, ApiError> {
+    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Workflow>, ApiError> {
         let mut all: Vec<Workflow> = self
             .gateway
             .reader()
             .workflows()?
             .into_iter()
-            .filter(|w| status.is_none_or(|s| w.status.as_str() == s))
-            .filter(|w| name.is_none_or(|n| w.workflow_name == n))
+            .filter(|w| filter.status.as_deref().is_none_or(|s| w.status.as_str() == s))
+            .filter(|w| filter.name.as_deref().is_none_or(|n| w.workflow_name == n))
+            .filter(|w| filter.correlation_id.as_deref().is_none_or(|c| w.correlation_id.as_deref() == Some(c)))
+            .filter(|w| filter.start_time_from.is_none_or(|t| w.start_time >= t))
+            .filter(|w| filter.start_time_to.is_none_or(|t| w.start_time < t))
             .collect();
         all.sort_by(|a, b| b.create_time.cmp(&a.create_time).then_with(|| a.workflow_id.cmp(&b.workflow_id)));
-        all.truncate(limit);
-        Ok(all)
+        Ok(all.into_iter().skip(filter.offset).take(filter.limit).collect())
     }
 
     /// Runs one workflow command.

@@ -209,8 +209,12 @@ pub async fn workflow_list(addrs: &[String], status: Option<String>, name: Optio
         Ok(c) => c,
         Err(code) => return code,
     };
-    let req =
-        pb::ListWorkflowsRequest { status: status.unwrap_or_default(), name: name.unwrap_or_default(), limit: 100 };
+    let req = pb::ListWorkflowsRequest {
+        status: status.unwrap_or_default(),
+        name: name.unwrap_or_default(),
+        limit: 100,
+        ..Default::default()
+    };
     let list = match client.list_workflows(req).await {
         Ok(l) => l,
         Err(e) => return fail(e, EXIT_FAILED),

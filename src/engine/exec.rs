@@ -725,6 +725,7 @@ impl<'s, S: StateView> Exec<'s, S> {
             workflow_task: step.clone(),
             lease_seq: 0,
             finished_by_lease: None,
+            logs: Vec::new(),
         })
     }
 

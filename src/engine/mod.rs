@@ -148,6 +148,15 @@ pub enum Command {
         /// The tasks.
         tasks: Vec<TaskRef>,
     },
+    /// Append a line to a task's log.
+    AppendTaskLog {
+        /// The workflow.
+        workflow_id: String,
+        /// The task.
+        task_id: String,
+        /// The line.
+        log: String,
+    },
     /// A lease holder's heartbeat.
     ExtendLease {
         /// The workflow.
@@ -183,6 +192,7 @@ impl Command {
             Command::Tick { .. } => "tick",
             Command::LeaseTasks { .. } => "lease_tasks",
             Command::ExtendLease { .. } => "extend_lease",
+            Command::AppendTaskLog { .. } => "append_task_log",
             Command::Batch(_) => "batch",
         }
     }
@@ -568,6 +578,9 @@ fn apply_workflow_command(state: &impl StateView, at_ms: u64, command: &Command)
         Command::Tick { workflow_id } => exec.op_tick(workflow_id)?.map(|()| CommandResponse::Done),
         Command::LeaseTasks { worker_id, tasks } => {
             exec.op_lease(worker_id, tasks)?.map(|granted| CommandResponse::Leased { granted })
+        }
+        Command::AppendTaskLog { workflow_id, task_id, log } => {
+            exec.op_append_log(workflow_id, task_id, log)?.map(|()| CommandResponse::Done)
         }
         Command::ExtendLease { workflow_id, task_id, lease } => {
             exec.op_extend_lease(workflow_id, task_id, *lease)?.map(|()| CommandResponse::Done)

@@ -182,6 +182,24 @@ pub struct Task {
     /// The lease whose holder finished this attempt (a repeat of that update is acknowledged, not applied again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_by_lease: Option<u64>,
+    /// Lines the worker logged for this attempt (at most [`MAX_TASK_LOGS`], the oldest dropped first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<TaskLog>,
+}
+
+/// Most log lines kept per task attempt.
+pub const MAX_TASK_LOGS: usize = 100;
+/// Longest log line kept, bytes (longer lines are cut).
+pub const MAX_TASK_LOG_BYTES: usize = 4096;
+
+/// One line of a task's execution log (Conductor's `TaskExecLog`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskLog {
+    /// The text.
+    pub log: String,
+    /// When it was appended, ms since the Unix epoch (the leader's clock).
+    pub created_time: u64,
 }
 
 /// Per task type, what dispatch limits need: attempts in progress (concurrentExecLimit) and dispatches in the

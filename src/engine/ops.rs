@@ -225,6 +225,25 @@ impl<S: StateView> Exec<'_, S> {
         Ok(Ok(granted))
     }
 
+    /// Appends a line to a task's log (kept with the attempt, bounded).
+    pub fn op_append_log(&mut self, workflow_id: &str, task_id: &str, log: &str) -> OpResult<()> {
+        use super::model::{TaskLog, MAX_TASK_LOGS, MAX_TASK_LOG_BYTES};
+        let now = self.now_ms;
+        let Some(wf) = self.workflow(workflow_id)? else { return Ok(Err(not_found("workflow", workflow_id))) };
+        let Some(i) = wf.task_index(task_id) else { return Ok(Err(not_found("task", task_id))) };
+        let mut end = log.len().min(MAX_TASK_LOG_BYTES);
+        while !log.is_char_boundary(end) {
+            end -= 1;
+        }
+        let logs = &mut wf.tasks[i].logs;
+        logs.push(TaskLog { log: log[..end].to_string(), created_time: now });
+        if logs.len() > MAX_TASK_LOGS {
+            let excess = logs.len() - MAX_TASK_LOGS;
+            logs.drain(..excess);
+        }
+        Ok(Ok(()))
+    }
+
     /// A lease holder's heartbeat: the response-timeout clock starts again.
     pub fn op_extend_lease(&mut self, workflow_id: &str, task_id: &str, lease: LeaseRef) -> OpResult<()> {
         let now = self.now_ms;
