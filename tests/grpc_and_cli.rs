@@ -285,7 +285,9 @@ async fn grpc_workflow_operations_signal_skip_rerun_log_and_list() -> Result<()>
     let start =
         |corr: &str| StartWorkflowRequest { name: "ops".into(), correlation_id: corr.into(), ..Default::default() };
     let id = wf.start(start("order-1")).await?.into_inner().workflow_id;
-    wf.start(start("order-2")).await?;
+    let second = wf.start(start("order-2")).await?;
+    let leader = second.metadata().get("x-baton-leader").and_then(|v| v.to_str().ok()).map(str::to_string);
+    ensure!(leader.as_deref() == Some(node.grpc_addr.as_str()), "leader metadata: {leader:?}");
 
     let listed = wf
         .list(ListWorkflowsRequest { correlation_id: "order-1".into(), ..Default::default() })

@@ -49,6 +49,11 @@ impl Gateway {
         }
     }
 
+    /// The leader's gRPC address, for clients that want to go direct.
+    pub fn leader_grpc_addr(&self) -> Option<String> {
+        self.proposer.leader_grpc_addr()
+    }
+
     /// Waits until a read at this node would be linearizable, when asked for.
     pub async fn barrier(&self, consistency: Consistency) -> Result<(), ApiError> {
         if consistency == Consistency::Linearizable {

@@ -26,6 +26,18 @@ fn object(text: &str, field: &str) -> Result<Map<String, Value>, ApiError> {
     parse_document(text, field)
 }
 
+/// Response metadata key carrying the leader's gRPC address, so SDKs can send writes straight to it.
+pub const LEADER_HEADER: &str = "x-baton-leader";
+
+/// A reply with the leader's address in its metadata.
+fn reply<T>(api: &WorkflowApi, message: T) -> Response<T> {
+    let mut response = Response::new(message);
+    if let Some(addr) = api.leader_grpc_addr().and_then(|a| a.parse().ok()) {
+        response.metadata_mut().insert(LEADER_HEADER, addr);
+    }
+    response
+}
+
 /// A task result status from the wire.
 fn result_status(value: i32) -> Result<TaskStatus, Status> {
     match pb::TaskResultStatus::try_from(value) {
@@ -75,7 +87,7 @@ impl WorkflowService for WorkflowGrpc {
             ..Default::default()
         };
         let workflow_id = self.api.start(req).await?;
-        Ok(Response::new(pb::StartWorkflowReply { workflow_id }))
+        Ok(reply(&self.api, pb::StartWorkflowReply { workflow_id }))
     }
 
     async fn get(&self, request: Request<pb::GetWorkflowRequest>) -> Result<Response<pb::WorkflowJson>, Status> {
@@ -86,7 +98,7 @@ impl WorkflowService for WorkflowGrpc {
         };
         let wf = self.api.get(&r.workflow_id, true, consistency).await?;
         let json = serde_json::to_string(&wf).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(pb::WorkflowJson { json }))
+        Ok(reply(&self.api, pb::WorkflowJson { json }))
     }
 
     async fn list(
@@ -119,28 +131,28 @@ impl WorkflowService for WorkflowGrpc {
                 correlation_id: w.correlation_id.unwrap_or_default(),
             })
             .collect();
-        Ok(Response::new(pb::ListWorkflowsReply { workflows }))
+        Ok(reply(&self.api, pb::ListWorkflowsReply { workflows }))
     }
 
     async fn terminate(&self, request: Request<pb::WorkflowOperation>) -> Result<Response<pb::OperationReply>, Status> {
         let r = request.into_inner();
         self.api.command(Command::Terminate { workflow_id: r.workflow_id, reason: r.reason }).await?;
-        Ok(Response::new(pb::OperationReply {}))
+        Ok(reply(&self.api, pb::OperationReply {}))
     }
 
     async fn pause(&self, request: Request<pb::WorkflowOperation>) -> Result<Response<pb::OperationReply>, Status> {
         self.api.command(Command::Pause { workflow_id: request.into_inner().workflow_id }).await?;
-        Ok(Response::new(pb::OperationReply {}))
+        Ok(reply(&self.api, pb::OperationReply {}))
     }
 
     async fn resume(&self, request: Request<pb::WorkflowOperation>) -> Result<Response<pb::OperationReply>, Status> {
         self.api.command(Command::Resume { workflow_id: request.into_inner().workflow_id }).await?;
-        Ok(Response::new(pb::OperationReply {}))
+        Ok(reply(&self.api, pb::OperationReply {}))
     }
 
     async fn retry(&self, request: Request<pb::WorkflowOperation>) -> Result<Response<pb::OperationReply>, Status> {
         self.api.command(Command::Retry { workflow_id: request.into_inner().workflow_id }).await?;
-        Ok(Response::new(pb::OperationReply {}))
+        Ok(reply(&self.api, pb::OperationReply {}))
     }
 
     async fn rerun(&self, request: Request<pb::RerunRequest>) -> Result<Response<pb::OperationReply>, Status> {
@@ -159,7 +171,7 @@ impl WorkflowService for WorkflowGrpc {
             workflow_input: optional(&r.workflow_input_json, "workflow_input_json")?,
         };
         self.api.command(command).await?;
-        Ok(Response::new(pb::OperationReply {}))
+        Ok(reply(&self.api, pb::OperationReply {}))
     }
 
     async fn skip_task(&self, request: Request<pb::SkipTaskRequest>) -> Result<Response<pb::OperationReply>, Status> {
@@ -168,7 +180,7 @@ impl WorkflowService for WorkflowGrpc {
         self.api
             .command(Command::SkipTask { workflow_id: r.workflow_id, task_ref: r.task_reference_name, output })
             .await?;
-        Ok(Response::new(pb::OperationReply {}))
+        Ok(reply(&self.api, pb::OperationReply {}))
     }
 
     async fn signal(&self, request: Request<pb::SignalRequest>) -> Result<Response<pb::OperationReply>, Status> {
@@ -184,14 +196,14 @@ impl WorkflowService for WorkflowGrpc {
         self.api
             .command(Command::SignalTask { workflow_id: r.workflow_id, task_ref: r.task_reference_name, update })
             .await?;
-        Ok(Response::new(pb::OperationReply {}))
+        Ok(reply(&self.api, pb::OperationReply {}))
     }
 
     async fn restart(&self, request: Request<pb::WorkflowOperation>) -> Result<Response<pb::OperationReply>, Status> {
         let r = request.into_inner();
         let command = Command::Restart { workflow_id: r.workflow_id, use_latest_definition: r.use_latest_definition };
         self.api.command(command).await?;
-        Ok(Response::new(pb::OperationReply {}))
+        Ok(reply(&self.api, pb::OperationReply {}))
     }
 }
 
@@ -321,7 +333,7 @@ impl TaskService for TaskGrpc {
         let domain = (!r.domain.is_empty()).then_some(r.domain.as_str());
         let tasks = self.dispatcher.poll(&r.task_type, domain, &r.worker_id, r.count, r.timeout_ms).await?;
         let tasks = tasks.into_iter().map(worker_task).collect();
-        Ok(Response::new(pb::PollReply { tasks }))
+        Ok(reply(&self.api, pb::PollReply { tasks }))
     }
 
     async fn update_task(
@@ -339,13 +351,13 @@ impl TaskService for TaskGrpc {
             lease: Some(lease(&r.lease_token, &r.task_id)?),
         };
         self.api.command(Command::UpdateTask { workflow_id: r.workflow_id, task_id: r.task_id, update }).await?;
-        Ok(Response::new(pb::UpdateTaskReply {}))
+        Ok(reply(&self.api, pb::UpdateTaskReply {}))
     }
 
     async fn append_log(&self, request: Request<pb::AppendLogRequest>) -> Result<Response<pb::AppendLogReply>, Status> {
         let r = request.into_inner();
         self.api.command(Command::AppendTaskLog { workflow_id: r.workflow_id, task_id: r.task_id, log: r.log }).await?;
-        Ok(Response::new(pb::AppendLogReply {}))
+        Ok(reply(&self.api, pb::AppendLogReply {}))
     }
 
     async fn extend_lease(
@@ -355,6 +367,6 @@ impl TaskService for TaskGrpc {
         let r = request.into_inner();
         let lease = lease(&r.lease_token, &r.task_id)?;
         self.api.command(Command::ExtendLease { workflow_id: r.workflow_id, task_id: r.task_id, lease }).await?;
-        Ok(Response::new(pb::ExtendLeaseReply {}))
+        Ok(reply(&self.api, pb::ExtendLeaseReply {}))
     }
 }

@@ -169,6 +169,11 @@ impl WorkflowApi {
         Ok(all.into_iter().skip(filter.offset).take(filter.limit).collect())
     }
 
+    /// The leader's gRPC address, if known.
+    pub fn leader_grpc_addr(&self) -> Option<String> {
+        self.gateway.leader_grpc_addr()
+    }
+
     /// Runs one workflow command.
     pub async fn command(&self, command: Command) -> Result<(), ApiError> {
         self.gateway.write(command).await.map(|_| ())

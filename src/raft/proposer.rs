@@ -141,6 +141,14 @@ impl Proposer {
         self.raft.metrics().borrow().current_leader
     }
 
+    /// The gRPC address of the leader this node knows of.
+    pub fn leader_grpc_addr(&self) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        metrics.membership_config.membership().get_node(&leader).map(|n| n.grpc_addr.clone())
+    }
+
     /// Commits `command`, waiting through elections up to the forward timeout.
     ///
     /// On a follower, the answer also waits (within the same deadline) until this node has applied the entry, so a
