@@ -187,6 +187,30 @@ pub struct Task {
     pub logs: Vec<TaskLog>,
 }
 
+impl Task {
+    /// Turns this (copy of a) task into a fresh SCHEDULED attempt at `now_ms`: no output, reason, worker, times,
+    /// polls, finishing lease or log; the caller sets what distinguishes the attempt (retry count, id, input, visibility).
+    pub fn reset_for_new_attempt(&mut self, now_ms: u64) {
+        self.status = TaskStatus::Scheduled;
+        self.output_data = Map::new();
+        self.reason_for_incompletion = None;
+        self.worker_id = None;
+        self.start_time = 0;
+        self.end_time = 0;
+        self.scheduled_time = now_ms;
+        self.update_time = now_ms;
+        self.visible_from = 0;
+        self.callback_after_seconds = 0;
+        self.poll_count = 0;
+        self.executed = false;
+        self.retried = false;
+        // lease_seq stays: it only ever grows for a task id, so a lease handed out before a rerun (which reuses
+        // the id) can never match a lease handed out after it.
+        self.finished_by_lease = None;
+        self.logs.clear();
+    }
+}
+
 /// Most log lines kept per task attempt.
 pub const MAX_TASK_LOGS: usize = 100;
 /// Longest log line kept, bytes (longer lines are cut).

@@ -428,20 +428,9 @@ impl<S: StateView> Exec<'_, S> {
             t.retried = true;
             t.executed = true;
             let mut copy = t.clone();
+            copy.reset_for_new_attempt(now);
             copy.retried_task_id = Some(t.task_id.clone());
             copy.retry_count += 1;
-            copy.status = TaskStatus::Scheduled;
-            copy.output_data = Map::new();
-            copy.reason_for_incompletion = None;
-            copy.start_time = 0;
-            copy.end_time = 0;
-            copy.scheduled_time = now;
-            copy.update_time = now;
-            copy.visible_from = 0;
-            copy.retried = false;
-            copy.executed = false;
-            copy.worker_id = None;
-            copy.poll_count = 0;
             copies.push(copy);
         }
         for copy in copies {
@@ -521,18 +510,8 @@ impl<S: StateView> Exec<'_, S> {
         if let Some(input) = task_input {
             task.input_data = input.clone();
         }
-        task.status = TaskStatus::Scheduled;
-        task.output_data = Map::new();
-        task.reason_for_incompletion = None;
+        task.reset_for_new_attempt(now);
         task.retry_count = 0;
-        task.start_time = 0;
-        task.end_time = 0;
-        task.scheduled_time = now;
-        task.update_time = now;
-        task.executed = false;
-        task.retried = false;
-        task.worker_id = None;
-        task.poll_count = 0;
         wf.tasks.push(task);
         self.schedule_decide(workflow_id);
         Ok(Ok(()))
