@@ -138,18 +138,20 @@ pub async fn workflow_start(addrs: &[String], o: StartOptions) -> ExitCode {
         };
         let status = wf["status"].as_str().unwrap_or_default().to_string();
         let done = wf["tasks"].as_array().map_or(0, |t| t.iter().filter(|t| t["status"] == "COMPLETED").count());
-        if !o.json {
+        // A progress line for people watching a terminal; scripts reading stderr get only the outcome.
+        if !o.json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             eprint!("\r{id} {status} ({done} tasks completed)   ");
         }
+        let progress = !o.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
         if terminal(&status) {
-            if !o.json {
+            if progress {
                 eprintln!();
             }
             let code = print_workflow(&client, &id, o.json).await;
             return if status == "COMPLETED" { code } else { ExitCode::from(EXIT_FAILED) };
         }
         if Instant::now() >= deadline {
-            if !o.json {
+            if progress {
                 eprintln!();
             }
             return fail(format!("workflow {id} still {status} after {} s", o.timeout_s), EXIT_FAILED);
