@@ -823,8 +823,9 @@ fn write_rfc_string(text: &str, out: &mut String) {
 // ---------------------------------------------------------------------------------------------------------------
 // Text forms of values
 
-/// Java's `toString` of the object Jackson would have built for `value` (maps `{k=v}`, lists `[a, b]`).
-fn write_java_string(value: &Value, out: &mut String) {
+/// Java's `toString` of the object Jackson would have built for `value` (maps `{k=v}`, lists `[a, b]`, doubles as
+/// `Double.toString`). Shared with script.rs, where a SWITCH result becomes its case by Java's `"" + result`.
+pub(crate) fn write_java_string(value: &Value, out: &mut String) {
     match value {
         Value::Null => out.push_str("null"),
         Value::Bool(flag) => out.push_str(if *flag { "true" } else { "false" }),

@@ -183,7 +183,7 @@ pub fn switch_case(result: &Value) -> String {
         Value::String(s) => s.clone(),
         other => {
             let mut out = String::new();
-            java_to_string(other, &mut out);
+            super::expr::write_java_string(other, &mut out);
             out
         }
     }
@@ -448,81 +448,6 @@ fn number(f: f64) -> Value {
         return Value::from(f as i64);
     }
     Number::from_f64(f).map(Value::Number).unwrap_or(Value::Null)
-}
-
-/// Java's `String.valueOf` for the value Conductor's evaluator would return.
-fn java_to_string(value: &Value, out: &mut String) {
-    match value {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
-            (Some(i), _, _) => out.push_str(&i.to_string()),
-            (None, Some(u), _) => out.push_str(&u.to_string()),
-            (None, None, Some(f)) => out.push_str(&java_double(f)),
-            (None, None, None) => out.push_str(&n.to_string()),
-        },
-        Value::String(s) => out.push_str(s),
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                java_to_string(item, out);
-            }
-            out.push(']');
-        }
-        Value::Object(map) => {
-            out.push('{');
-            for (i, (key, item)) in map.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                out.push_str(key);
-                out.push('=');
-                java_to_string(item, out);
-            }
-            out.push('}');
-        }
-    }
-}
-
-/// Java's `Double.toString`: the shortest digits that read back as `f`, plain between 10^-3 and 10^7
-/// (`0.001`, `1234567.5`, always with a fraction digit), computerized scientific notation outside
-/// (`1.0E-4`, `1.2345678E7`).
-fn java_double(f: f64) -> String {
-    if f.is_nan() {
-        return "NaN".to_owned();
-    }
-    if f.is_infinite() {
-        return if f > 0.0 { "Infinity" } else { "-Infinity" }.to_owned();
-    }
-    if f == 0.0 {
-        return if f.is_sign_negative() { "-0.0" } else { "0.0" }.to_owned();
-    }
-    let sign = if f < 0.0 { "-" } else { "" };
-    // Rust's `{:e}` prints the shortest round-tripping digits: `1.2345e6`, `5e-324`.
-    let sci = format!("{:e}", f.abs());
-    let (mantissa, exponent) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
-    let exponent: i32 = exponent.parse().unwrap_or(0);
-    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
-    let abs = f.abs();
-    if (1e-3..1e7).contains(&abs) {
-        let (int_part, frac_part) = if exponent >= 0 {
-            let point = exponent as usize + 1;
-            let padded = format!("{digits:0<point$}");
-            let (int_part, frac) = padded.split_at(point);
-            (int_part.to_owned(), frac.to_owned())
-        } else {
-            ("0".to_owned(), format!("{}{digits}", "0".repeat((-exponent - 1) as usize)))
-        };
-        let frac_part = if frac_part.is_empty() { "0".to_owned() } else { frac_part };
-        format!("{sign}{int_part}.{frac_part}")
-    } else {
-        let (first, rest) = digits.split_at(1);
-        let rest = if rest.is_empty() { "0" } else { rest };
-        format!("{sign}{first}.{rest}E{exponent}")
-    }
 }
 
 /// Runs (in strict mode) before a script that mentions `Date`, in the same fresh context; compiling it costs about
