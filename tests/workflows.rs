@@ -7,17 +7,21 @@ use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 use support::*;
 
-/// Completes the pending worker task with this reference name through `via`; returns its task id.
+/// Completes the pending worker task with this reference name through `via`; returns its task id. `via` reads its
+/// local state, which may lag the node the previous step went through by an entry: poll until the task shows.
 async fn complete(via: &Node, workflow_id: &str, reference: &str, output: Value) -> Result<String> {
-    let wf = get(via, &format!("/api/workflow/{workflow_id}")).await?.ok()?.json()?;
-    let task = wf["tasks"]
-        .as_array()
-        .context("tasks")?
-        .iter()
-        .rev()
-        .find(|t| t["referenceTaskName"] == reference && t["status"] == "SCHEDULED")
-        .with_context(|| format!("no scheduled task {reference} in {wf}"))?;
-    let task_id = task["taskId"].as_str().context("taskId")?.to_string();
+    let task_id = wait_until(secs(10), "the task to be scheduled on this node", || async {
+        let wf = get(via, &format!("/api/workflow/{workflow_id}")).await?.ok()?.json()?;
+        let task = wf["tasks"]
+            .as_array()
+            .context("tasks")?
+            .iter()
+            .rev()
+            .find(|t| t["referenceTaskName"] == reference && t["status"] == "SCHEDULED")
+            .with_context(|| format!("no scheduled task {reference} in {wf}"))?;
+        Ok(task["taskId"].as_str().context("taskId")?.to_string())
+    })
+    .await?;
     let result =
         json!({"workflowInstanceId": workflow_id, "taskId": task_id, "status": "COMPLETED", "outputData": output});
     let reply = post_json(via, "/api/tasks", &result).await?.ok()?;
@@ -59,13 +63,18 @@ async fn a_workflow_started_on_a_follower_completes_and_reads_the_same_on_every_
 
     // Drive the workflow through different nodes.
     complete(b, &id, "fetch", json!({"path": "/tmp/in.mov"})).await?;
-    let wf = get(a, &format!("/api/workflow/{id}")).await?.ok()?.json()?;
-    let resize = wf["tasks"]
-        .as_array()
-        .context("tasks")?
-        .iter()
-        .find(|t| t["referenceTaskName"] == "resize")
-        .context("resize")?;
+    // Node a may lag b by an entry: poll its local state until the fork shows.
+    let resize = wait_until(secs(10), "resize scheduled on node a", || async {
+        let wf = get(a, &format!("/api/workflow/{id}")).await?.ok()?.json()?;
+        wf["tasks"]
+            .as_array()
+            .context("tasks")?
+            .iter()
+            .find(|t| t["referenceTaskName"] == "resize")
+            .cloned()
+            .context("resize not scheduled yet")
+    })
+    .await?;
     ensure!(resize["inputData"]["src"] == "/tmp/in.mov", "resize input not wired: {resize}");
     complete(cluster.node(leader), &id, "thumb", json!({"thumb": "t.png"})).await?;
     complete(a, &id, "resize", json!({"path": "/out/r.mp4"})).await?;
