@@ -207,9 +207,16 @@ fn check_invariants(
                 continue;
             }
             if let Some(now) = new.task(&t.task_id) {
+                // The one change the decider makes to a finished attempt: an optional task's failure becomes
+                // COMPLETED_WITH_ERRORS when the engine acts on it, which for a paused workflow is at resume.
+                let passed_optional = !t.executed
+                    && t.workflow_task.optional
+                    && !t.status.is_successful()
+                    && now.status == TaskStatus::CompletedWithErrors;
+                let status_before = if passed_optional { now.status } else { t.status };
                 assert_eq!(
                     (now.status, &now.output_data),
-                    (t.status, &t.output_data),
+                    (status_before, &t.output_data),
                     "a finished attempt changed: {} in {id} after {command:?}",
                     t.reference_task_name
                 );
@@ -252,7 +259,8 @@ fn check_invariants(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    // 96 cases per CI run; `PROPTEST_CASES=5000` for a deep run.
+    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(96), ..ProptestConfig::default() })]
 
     #[test]
     fn random_interleavings_keep_the_invariants_and_replay_identically(actions in prop::collection::vec(action(), 1..60)) {
@@ -265,4 +273,12 @@ proptest! {
         }
         prop_assert_eq!(codec::encode(&w.state.workflows).expect("encodes"), state);
     }
+}
+
+/// Found by the property run in CI: an optional task that fails while its workflow is paused becomes
+/// COMPLETED_WITH_ERRORS at resume, when the decider acts on it; its output stays as the worker sent it.
+#[test]
+fn optional_failure_while_paused_passes_at_resume() {
+    use Action::*;
+    run(&[Start(0), Start(0), Complete(2, 0), Complete(2, 0), Pause(6), FailTerminal(2, 0), Resume(2)]);
 }
