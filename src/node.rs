@@ -151,7 +151,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         .add_service(reflection)
         .add_service(health_service)
         .add_service(
-            RaftPeerServer::new(PeerService::new(raft.clone(), proposer.clone(), &config.cluster_id))
+            RaftPeerServer::new(PeerService::new(raft.clone(), proposer.clone(), dispatcher.clone(), &config.cluster_id))
                 .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
         )

@@ -3,15 +3,16 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::definitions::FieldError;
 use crate::engine::{Rejection, RejectionKind};
 use crate::raft::proposer::ProposeError;
 use crate::storage::state_machine::ReadError;
 
-/// Everything an API call can fail with.
-#[derive(Debug, thiserror::Error)]
+/// Everything an API call can fail with. Serializable so that a leader can hand a forwarded call's error back to the
+/// follower that received it, unchanged.
+#[derive(Debug, thiserror::Error, Serialize, Deserialize)]
 pub enum ApiError {
     /// Bad input; `field_errors` name each offending field.
     #[error("{message}")]

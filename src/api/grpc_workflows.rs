@@ -16,7 +16,7 @@ use crate::engine::Command;
 use crate::pb::v1 as pb;
 use crate::pb::v1::task_service_server::TaskService;
 use crate::pb::v1::workflow_service_server::WorkflowService;
-use crate::runtime::dispatch::{parse_lease_token, Dispatcher};
+use crate::runtime::dispatch::{parse_lease_token, Dispatcher, PollArgs};
 
 /// Parses an optional JSON object field (empty text is an empty object), naming the field on failure.
 fn object(text: &str, field: &str) -> Result<Map<String, Value>, ApiError> {
@@ -285,7 +285,13 @@ async fn serve_stream(
             closed.cancel();
         })
     };
-    let domain = (!subscribe.domain.is_empty()).then_some(subscribe.domain.clone());
+    let mut args = PollArgs {
+        task_type: subscribe.task_type.clone(),
+        domain: (!subscribe.domain.is_empty()).then_some(subscribe.domain.clone()),
+        worker_id: subscribe.worker_id.clone(),
+        count: 0,
+        timeout_ms: STREAM_POLL_MS,
+    };
     while !closed.is_cancelled() && !out.is_closed() {
         let available = credits.load(Ordering::SeqCst);
         if available == 0 {
@@ -295,9 +301,8 @@ async fn serve_stream(
             }
             continue;
         }
-        let want = u32::try_from(available).unwrap_or(u32::MAX);
-        match dispatcher.poll(&subscribe.task_type, domain.as_deref(), &subscribe.worker_id, want, STREAM_POLL_MS).await
-        {
+        args.count = u32::try_from(available).unwrap_or(u32::MAX);
+        match dispatcher.poll(&args).await {
             Ok(tasks) => {
                 for task in tasks {
                     credits.fetch_sub(1, Ordering::SeqCst);
@@ -330,8 +335,14 @@ impl TaskService for TaskGrpc {
 
     async fn poll(&self, request: Request<pb::PollRequest>) -> Result<Response<pb::PollReply>, Status> {
         let r = request.into_inner();
-        let domain = (!r.domain.is_empty()).then_some(r.domain.as_str());
-        let tasks = self.dispatcher.poll(&r.task_type, domain, &r.worker_id, r.count, r.timeout_ms).await?;
+        let args = PollArgs {
+            domain: (!r.domain.is_empty()).then_some(r.domain),
+            task_type: r.task_type,
+            worker_id: r.worker_id,
+            count: r.count,
+            timeout_ms: r.timeout_ms,
+        };
+        let tasks = self.dispatcher.poll(&args).await?;
         let tasks = tasks.into_iter().map(worker_task).collect();
         Ok(reply(&self.api, pb::PollReply { tasks }))
     }

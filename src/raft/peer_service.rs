@@ -1,5 +1,5 @@
 //! openraft's network, server side: the `RaftPeer` gRPC service that hands peers' Raft messages to the local Raft
-//! and serves forwarded writes and read-index requests.
+//! and serves forwarded writes, read-index requests and polls.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use super::proposer::Proposer;
 use super::{wire, Raft};
 use crate::engine::Command;
+use crate::runtime::dispatch::{Dispatcher, PollArgs};
 use crate::pb::raft::raft_peer_server::RaftPeer;
 use crate::pb::raft::RaftMessage;
 
@@ -21,13 +22,14 @@ const DEFAULT_FORWARD_BUDGET: Duration = Duration::from_secs(5);
 pub struct PeerService {
     raft: Raft,
     proposer: Arc<Proposer>,
+    dispatcher: Arc<Dispatcher>,
     cluster_id: Arc<str>,
 }
 
 impl PeerService {
     /// The service for this node's Raft.
-    pub fn new(raft: Raft, proposer: Arc<Proposer>, cluster_id: &str) -> Self {
-        PeerService { raft, proposer, cluster_id: cluster_id.into() }
+    pub fn new(raft: Raft, proposer: Arc<Proposer>, dispatcher: Arc<Dispatcher>, cluster_id: &str) -> Self {
+        PeerService { raft, proposer, dispatcher, cluster_id: cluster_id.into() }
     }
 }
 
@@ -87,6 +89,12 @@ impl RaftPeer for PeerService {
     async fn read_index(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         wire::unpack::<()>(&self.cluster_id, request.get_ref())?;
         let reply = self.proposer.read_index_as_leader().await;
+        Ok(Response::new(wire::pack(&self.cluster_id, &reply)?))
+    }
+
+    async fn poll(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let args: PollArgs = wire::unpack(&self.cluster_id, request.get_ref())?;
+        let reply = self.dispatcher.serve_forwarded(args).await;
         Ok(Response::new(wire::pack(&self.cluster_id, &reply)?))
     }
 }

@@ -141,6 +141,21 @@ impl Proposer {
         self.raft.metrics().borrow().current_leader
     }
 
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The cluster this node belongs to (stamped on every peer message).
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
+    /// Raft's metrics, to wait for a leader change.
+    pub fn metrics(&self) -> tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, super::NodeInfo>> {
+        self.raft.metrics()
+    }
+
     /// The gRPC address of the leader this node knows of.
     pub fn leader_grpc_addr(&self) -> Option<String> {
         let metrics = self.raft.metrics();
@@ -280,7 +295,8 @@ impl Proposer {
         }
     }
 
-    fn peer(&self, id: NodeId) -> Option<RaftPeerClient<Channel>> {
+    /// A client for peer `id`'s internal service (cached per address).
+    pub(crate) fn peer(&self, id: NodeId) -> Option<RaftPeerClient<Channel>> {
         let addr = {
             let metrics = self.raft.metrics();
             let metrics = metrics.borrow();
@@ -332,7 +348,7 @@ impl Proposer {
 }
 
 /// True when the request certainly never reached the peer (the connection could not be made).
-fn never_sent(status: &tonic::Status) -> bool {
+pub(crate) fn never_sent(status: &tonic::Status) -> bool {
     if status.code() != tonic::Code::Unavailable {
         return false;
     }

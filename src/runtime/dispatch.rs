@@ -1,10 +1,12 @@
-//! Dispatch: serves a worker's long poll from the ready index, leasing the tasks through Raft before handing them
-//! out, so a task is handed out again only after its lease is gone (timed out, or the task returned to the queue).
+//! Dispatch: serves a worker's long poll from the leader's ready index, leasing the tasks through Raft before handing
+//! them out, so a task is handed out again only after its lease is gone (timed out, or the task returned to the
+//! queue). A poll that arrives at a follower is forwarded to the leader over the peer protocol.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::now_ms;
@@ -13,7 +15,8 @@ use crate::engine::model::{Task, Workflow};
 use crate::engine::ops::{LeaseGrant, TaskRef};
 use crate::engine::pending::queue_name;
 use crate::engine::{Command, CommandResponse};
-use crate::raft::proposer::Proposer;
+use crate::raft::proposer::{never_sent, Proposer};
+use crate::raft::wire;
 use crate::storage::StateReader;
 
 /// Most tasks one poll may take.
@@ -22,7 +25,7 @@ pub const MAX_POLL_COUNT: u32 = 100;
 pub const MAX_POLL_WAIT_MS: u32 = 30_000;
 
 /// A task handed to a worker, with its lease.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Dispatched {
     /// The task as stored after the lease.
     pub task: Task,
@@ -46,7 +49,38 @@ pub fn parse_lease_token(token: &str) -> Option<(String, u32, u64)> {
     (!task_id.is_empty()).then_some((task_id, attempt, lease))
 }
 
-/// Serves polls on one node.
+/// A worker's poll: what it takes, and how long it may wait. This is also what a follower forwards to the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PollArgs {
+    /// The task type.
+    pub task_type: String,
+    /// The domain, if any.
+    pub domain: Option<String>,
+    /// Who polls (recorded on the task).
+    pub worker_id: String,
+    /// Most tasks wanted (clamped to [`MAX_POLL_COUNT`]).
+    pub count: u32,
+    /// Longest wait for a first task, ms (clamped to [`MAX_POLL_WAIT_MS`]).
+    pub timeout_ms: u32,
+}
+
+/// The leader's answer to a forwarded poll.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ForwardedPoll {
+    /// Leased to the worker (possibly none, when the wait ended empty).
+    Tasks(Vec<Dispatched>),
+    /// The receiver is not the leader (any more): nothing was leased.
+    NotLeader,
+    /// The poll failed on the leader.
+    Failed(ApiError),
+}
+
+/// How long a follower waits before asking again when the leader it knows did not answer.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// Time a forwarded poll may take beyond its wait: the lease commit and the way back.
+const FORWARD_MARGIN: Duration = Duration::from_secs(5);
+
+/// Serves polls: on the leader from its ready index, on a follower by forwarding them to the leader.
 pub struct Dispatcher {
     proposer: Arc<Proposer>,
     reader: StateReader,
@@ -60,29 +94,104 @@ impl std::fmt::Debug for Dispatcher {
     }
 }
 
+/// Outcome of one forwarding attempt.
+enum Forwarded {
+    Done(Result<Vec<Dispatched>, ApiError>),
+    /// Nothing was leased (or the answer was lost): ask the leader known next.
+    Retry,
+}
+
 impl Dispatcher {
     /// A dispatcher over this node's proposer and state.
     pub fn new(proposer: Arc<Proposer>, reader: StateReader) -> Self {
         Dispatcher { proposer, reader, claimed: Mutex::new(BTreeSet::new()) }
     }
 
-    /// Up to `count` tasks of `task_type` (in `domain`), waiting up to `timeout_ms` for one to be ready.
-    pub async fn poll(
-        &self,
-        task_type: &str,
-        domain: Option<&str>,
-        worker_id: &str,
-        count: u32,
-        timeout_ms: u32,
-    ) -> Result<Vec<Dispatched>, ApiError> {
-        if task_type.is_empty() {
+    /// Up to `count` tasks of `task_type` (in `domain`), waiting up to `timeout_ms` for one to be ready. Served by
+    /// the leader wherever the poll arrives; through an election the poll waits for the next leader (within its
+    /// own wait) instead of failing.
+    pub async fn poll(&self, args: &PollArgs) -> Result<Vec<Dispatched>, ApiError> {
+        if args.task_type.is_empty() {
             return Err(ApiError::Invalid { message: "task_type: must not be empty".into(), field_errors: Vec::new() });
         }
-        let count = count.clamp(1, MAX_POLL_COUNT) as usize;
-        let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms.min(MAX_POLL_WAIT_MS)));
-        let queue = queue_name(task_type, domain);
-        let pending = self.reader.pending().clone();
+        let deadline = Instant::now() + Duration::from_millis(u64::from(args.timeout_ms.min(MAX_POLL_WAIT_MS)));
+        let me = self.proposer.node_id();
+        let mut metrics = self.proposer.metrics();
         loop {
+            let leader = metrics.borrow_and_update().current_leader;
+            match leader {
+                Some(id) if id == me => {
+                    if let Some(tasks) = self.poll_as_leader(args, deadline).await? {
+                        return Ok(tasks);
+                    }
+                }
+                Some(id) => {
+                    if let Forwarded::Done(result) = self.forward(id, args, deadline).await {
+                        return result;
+                    }
+                }
+                None => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let pause = if leader.is_some() { RETRY_PAUSE } else { deadline - now };
+            if let Ok(Err(_)) = tokio::time::timeout(pause.min(deadline - now), metrics.changed()).await {
+                return Err(ApiError::Unavailable("node is shutting down".into()));
+            }
+        }
+    }
+
+    /// The leader's side of a poll forwarded by a follower.
+    pub async fn serve_forwarded(&self, args: PollArgs) -> ForwardedPoll {
+        let deadline = Instant::now() + Duration::from_millis(u64::from(args.timeout_ms.min(MAX_POLL_WAIT_MS)));
+        match self.poll_as_leader(&args, deadline).await {
+            Ok(Some(tasks)) => ForwardedPoll::Tasks(tasks),
+            Ok(None) => ForwardedPoll::NotLeader,
+            Err(e) => ForwardedPoll::Failed(e),
+        }
+    }
+
+    async fn forward(&self, leader: u64, args: &PollArgs, deadline: Instant) -> Forwarded {
+        let Some(mut client) = self.proposer.peer(leader) else { return Forwarded::Retry };
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let args = PollArgs { timeout_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX), ..args.clone() };
+        let mut request = match wire::pack(self.proposer.cluster_id(), &args) {
+            Ok(message) => tonic::Request::new(message),
+            Err(status) => return Forwarded::Done(Err(ApiError::Internal(status.message().to_string()))),
+        };
+        request.set_timeout(wait + FORWARD_MARGIN);
+        match client.poll(request).await {
+            Ok(reply) => match wire::unpack::<ForwardedPoll>(self.proposer.cluster_id(), reply.get_ref()) {
+                Ok(ForwardedPoll::Tasks(tasks)) => Forwarded::Done(Ok(tasks)),
+                Ok(ForwardedPoll::Failed(e)) => Forwarded::Done(Err(e)),
+                Ok(ForwardedPoll::NotLeader) => Forwarded::Retry,
+                Err(status) => Forwarded::Done(Err(ApiError::Internal(status.message().to_string()))),
+            },
+            Err(status) => {
+                // Unreachable, or the leader died mid-poll. Tasks it may have leased for this poll go back to the
+                // queue when their response timeout passes, as for a worker that died holding them.
+                if !never_sent(&status) {
+                    tracing::debug!(leader, error = %status.message(), "forwarded poll lost; asking again");
+                }
+                Forwarded::Retry
+            }
+        }
+    }
+
+    /// Serves a poll from this node's ready index while this node leads. `None` when it is not (or no longer) the
+    /// leader and has leased nothing: the caller asks the new leader.
+    async fn poll_as_leader(&self, args: &PollArgs, deadline: Instant) -> Result<Option<Vec<Dispatched>>, ApiError> {
+        let me = self.proposer.node_id();
+        let count = args.count.clamp(1, MAX_POLL_COUNT) as usize;
+        let queue = queue_name(&args.task_type, args.domain.as_deref());
+        let pending = self.reader.pending().clone();
+        let mut metrics = self.proposer.metrics();
+        loop {
+            if metrics.borrow_and_update().current_leader != Some(me) {
+                return Ok(None);
+            }
             let changed = pending.changed();
             tokio::pin!(changed);
             changed.as_mut().enable();
@@ -93,14 +202,15 @@ impl Dispatcher {
                 claimed.extend(found.iter().map(|r| r.task_id.clone()));
                 found
             };
+            let mut wait = deadline.saturating_duration_since(Instant::now());
             if !candidates.is_empty() {
                 let ids: Vec<String> = candidates.iter().map(|r| r.task_id.clone()).collect();
                 let tasks = candidates
                     .into_iter()
                     .map(|r| TaskRef { workflow_id: r.workflow_id, task_id: r.task_id })
                     .collect();
-                let result =
-                    self.proposer.propose(Command::LeaseTasks { worker_id: worker_id.to_string(), tasks }).await;
+                let command = Command::LeaseTasks { worker_id: args.worker_id.clone(), tasks };
+                let result = self.proposer.propose(command).await;
                 {
                     let mut claimed = self.claimed.lock().expect("claims lock is never poisoned");
                     for id in &ids {
@@ -113,29 +223,24 @@ impl Dispatcher {
                     other => return Err(ApiError::Internal(format!("lease answered {other:?}"))),
                 };
                 if !granted.is_empty() {
-                    return self.load(granted);
+                    return self.load(granted).map(Some);
                 }
-                // Nothing granted: taken by another node, or held back by the type's concurrency or rate limit.
+                // Nothing granted: held back by the type's concurrency or rate limit (or taken just before).
                 // Look again when something changes, or shortly (a rate window may open).
-                if Instant::now() >= deadline {
-                    return Ok(Vec::new());
-                }
-                tokio::select! {
-                    _ = &mut changed => {}
-                    _ = tokio::time::sleep(Duration::from_millis(100).min(deadline - Instant::now())) => {}
-                }
-                continue;
+                wait = wait.min(Duration::from_millis(100));
+            } else {
+                // Sleep until something is applied, a delayed task becomes visible, or the poll ends.
+                let until_visible = pending
+                    .with(|ix| ix.next_visible(&queue))
+                    .map_or(u64::MAX, |at| at.saturating_sub(now_ms()).max(1));
+                wait = wait.min(Duration::from_millis(until_visible.min(1000)));
             }
-            let now_instant = Instant::now();
-            if now_instant >= deadline {
-                return Ok(Vec::new());
+            if Instant::now() >= deadline {
+                return Ok(Some(Vec::new()));
             }
-            // Sleep until something is applied, a delayed task becomes visible, or the poll ends.
-            let until_visible =
-                pending.with(|ix| ix.next_visible(&queue)).map_or(u64::MAX, |at| at.saturating_sub(now_ms()).max(1));
-            let wait = (deadline - now_instant).min(Duration::from_millis(until_visible.min(1000)));
             tokio::select! {
                 _ = &mut changed => {}
+                _ = metrics.changed() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }

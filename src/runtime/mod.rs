@@ -2,9 +2,10 @@
 //! ([`dispatch`]) and firing timers as `Tick` commands ([`timers`]).
 //!
 //! It changes state only by proposing commands through the [`Proposer`](crate::raft::proposer::Proposer); the
-//! engine decides what they do. Timers run only on the leader. Polls are served by any node from its own copy of
-//! the ready index (kept current by applying the log); the lease it proposes is committed by the leader, which
-//! arbitrates between nodes: a task already taken is simply not granted again.
+//! engine decides what they do. Timers and dispatch run on the leader: a poll that reaches a follower is forwarded
+//! to the leader (peer RPC `Poll`), which serves it from its ready index, the first to know a task is ready. Every
+//! node keeps the index current by applying the log, so a new leader dispatches at once; the lease is a committed
+//! command, so a task already taken is never granted again, whichever node asked.
 
 pub mod dispatch;
 pub mod timers;
