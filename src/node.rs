@@ -151,11 +151,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         .add_service(reflection)
         .add_service(health_service)
         .add_service(
-            RaftPeerServer::new(PeerService::new(raft.clone(), proposer.clone(), dispatcher.clone(), &config.cluster_id))
-                .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
+            RaftPeerServer::new(PeerService::new(
+                raft.clone(),
+                proposer.clone(),
+                dispatcher.clone(),
+                &config.cluster_id,
+            ))
+            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
         )
-        .add_service(ClusterServiceServer::new(ClusterGrpc::new(raft.clone(), reader.clone(), &config.cluster_id)))
+        .add_service(ClusterServiceServer::new(ClusterGrpc::new(
+            raft.clone(),
+            reader.clone(),
+            dispatcher.clone(),
+            &config.cluster_id,
+        )))
         .add_service(
             MetadataServiceServer::new(MetadataGrpc::new(metadata.clone())).max_decoding_message_size(max_payload),
         )
@@ -163,7 +173,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
             WorkflowServiceServer::new(WorkflowGrpc::new(workflows.clone())).max_decoding_message_size(max_payload),
         )
         .add_service(
-            TaskServiceServer::new(TaskGrpc::new(workflows.clone(), dispatcher)).max_decoding_message_size(max_payload),
+            TaskServiceServer::new(TaskGrpc::new(workflows.clone(), dispatcher.clone()))
+                .max_decoding_message_size(max_payload),
         )
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), shutdown.clone().cancelled_owned());
     let http_app = router(HttpState {
@@ -171,6 +182,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         reader: reader.clone(),
         metadata,
         workflows,
+        dispatcher,
         cluster_id: config.cluster_id.as_str().into(),
     });
     let http_app = http_app.layer(axum::extract::DefaultBodyLimit::max(max_payload));

@@ -350,3 +350,60 @@ async fn a_push_stream_sends_ready_tasks_up_to_the_credits_granted() -> Result<(
     cluster.pass();
     Ok(())
 }
+
+/// Polls reaching a follower are served by the leader. A long poll held by a follower when the leader dies is
+/// carried over to the next leader within the poll's own wait: the worker sees no error, only its task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_on_a_follower_outlives_the_leader_and_gets_a_task_from_the_next_one() -> Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let leader = cluster.leader().await?;
+    let follower = cluster.nodes().iter().find(|n| n.id != leader).context("follower")?;
+    setup(follower, 30).await?;
+    cluster.wait_converged().await?;
+
+    let mut tasks = TaskServiceClient::new(channel(&follower.grpc_addr)?);
+    let poll = PollRequest {
+        task_type: "add_one".into(),
+        worker_id: "patient".into(),
+        count: 1,
+        timeout_ms: 20_000,
+        domain: String::new(),
+    };
+    let waiting = tokio::spawn(async move { tasks.poll(poll).await });
+    // The poll is parked on the leader, forwarded by the follower, before the leader dies: nothing is ready yet.
+    let gauge = |node: &Node, field: &'static str| {
+        let base = node.http_base();
+        async move {
+            let status = client().get(format!("{base}/api/cluster/status")).send().await?.json::<Value>().await?;
+            Ok::<u64, anyhow::Error>(status[field].as_u64().unwrap_or(0))
+        }
+    };
+    wait_until(secs(5), "the poll to be forwarded to the leader", || async {
+        let parked =
+            gauge(follower, "polls_forwarded").await? == 1 && gauge(cluster.node(leader), "polls_serving").await? == 1;
+        Ok(parked.then_some(()))
+    })
+    .await?;
+    ensure!(!waiting.is_finished(), "the poll returned with nothing ready: {:?}", waiting.await);
+
+    cluster.node(leader).kill()?;
+    let next = cluster.leader_by(secs(10)).await?;
+    ensure!(next != leader, "a new leader");
+    let mut wf_client = WorkflowServiceClient::new(channel(&follower.grpc_addr)?);
+    let req =
+        StartWorkflowRequest { name: "math".into(), input_json: json!({"x": 41}).to_string(), ..Default::default() };
+    let id = wf_client.start(req).await?.into_inner().workflow_id;
+
+    let got = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .context("the poll did not return within its wait")?
+        .context("poll task")?
+        .context("the worker saw an error across the leader change")?
+        .into_inner()
+        .tasks;
+    ensure!(got.len() == 1 && got[0].workflow_id == id, "expected the new workflow's first task, got {got:?}");
+    let input: Value = serde_json::from_str(&got[0].input_json)?;
+    ensure!(input["x"] == 41, "{input}");
+    cluster.pass();
+    Ok(())
+}

@@ -13,6 +13,7 @@ use crate::pb::v1::cluster_service_server::ClusterService;
 use crate::pb::v1::metadata_service_server::MetadataService;
 use crate::raft::proposer::Committed;
 use crate::raft::Raft;
+use crate::runtime::dispatch::Dispatcher;
 use crate::storage::StateReader;
 
 /// `ClusterService`.
@@ -20,20 +21,21 @@ use crate::storage::StateReader;
 pub struct ClusterGrpc {
     raft: Raft,
     reader: StateReader,
+    dispatcher: Arc<Dispatcher>,
     cluster_id: Arc<str>,
 }
 
 impl ClusterGrpc {
     /// The service for this node.
-    pub fn new(raft: Raft, reader: StateReader, cluster_id: &str) -> Self {
-        ClusterGrpc { raft, reader, cluster_id: cluster_id.into() }
+    pub fn new(raft: Raft, reader: StateReader, dispatcher: Arc<Dispatcher>, cluster_id: &str) -> Self {
+        ClusterGrpc { raft, reader, dispatcher, cluster_id: cluster_id.into() }
     }
 }
 
 #[tonic::async_trait]
 impl ClusterService for ClusterGrpc {
     async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::NodeStatus>, Status> {
-        let status = NodeStatus::collect(&self.raft, &self.reader, &self.cluster_id).await?;
+        let status = NodeStatus::collect(&self.raft, &self.reader, &self.dispatcher, &self.cluster_id).await?;
         Ok(Response::new(status.into()))
     }
 }

@@ -19,6 +19,7 @@ use crate::engine::definitions::{TaskDef, WorkflowDef};
 use crate::engine::model::Workflow;
 use crate::engine::Command;
 use crate::raft::Raft;
+use crate::runtime::dispatch::Dispatcher;
 use crate::storage::StateReader;
 
 /// What every handler may use.
@@ -32,6 +33,8 @@ pub struct HttpState {
     pub metadata: MetadataApi,
     /// Workflow operations.
     pub workflows: WorkflowApi,
+    /// Worker dispatch (for its gauges).
+    pub dispatcher: Arc<Dispatcher>,
     /// The cluster's id.
     pub cluster_id: Arc<str>,
 }
@@ -85,7 +88,7 @@ fn not_ready(reason: String) -> Response {
 }
 
 async fn cluster_status(State(state): State<HttpState>) -> Result<Json<NodeStatus>, ApiError> {
-    Ok(Json(NodeStatus::collect(&state.raft, &state.reader, &state.cluster_id).await?))
+    Ok(Json(NodeStatus::collect(&state.raft, &state.reader, &state.dispatcher, &state.cluster_id).await?))
 }
 
 #[derive(Debug, Deserialize)]

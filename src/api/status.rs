@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::error::ApiError;
 use crate::pb::v1 as pb;
 use crate::raft::{NodeId, Raft};
+use crate::runtime::dispatch::Dispatcher;
 use crate::storage::StateReader;
 
 /// One member as the status lists it.
@@ -49,11 +50,20 @@ pub struct NodeStatus {
     pub cluster_id: String,
     /// Every member of the cluster.
     pub members: Vec<MemberStatus>,
+    /// Worker polls this node is serving as leader right now.
+    pub polls_serving: u64,
+    /// Worker polls this node has forwarded to the leader and is waiting on.
+    pub polls_forwarded: u64,
 }
 
 impl NodeStatus {
     /// Collects this node's status.
-    pub async fn collect(raft: &Raft, reader: &StateReader, cluster_id: &str) -> Result<NodeStatus, ApiError> {
+    pub async fn collect(
+        raft: &Raft,
+        reader: &StateReader,
+        dispatcher: &Dispatcher,
+        cluster_id: &str,
+    ) -> Result<NodeStatus, ApiError> {
         let metrics = raft.metrics().borrow().clone();
         let committed_index = raft
             .with_raft_state(|st| st.committed.map_or(0, |id| id.index))
@@ -76,6 +86,7 @@ impl NodeStatus {
                 http_addr: node.http_addr.clone(),
             })
             .collect();
+        let (polls_serving, polls_forwarded) = dispatcher.polls_waiting();
         Ok(NodeStatus {
             node_id: metrics.id,
             pid: std::process::id(),
@@ -90,6 +101,8 @@ impl NodeStatus {
             purged_index: metrics.purged.map_or(0, |id| id.index),
             cluster_id: cluster_id.to_string(),
             members,
+            polls_serving,
+            polls_forwarded,
         })
     }
 }
@@ -114,6 +127,8 @@ impl From<NodeStatus> for pb::NodeStatus {
             snapshot_index: s.snapshot_index,
             purged_index: s.purged_index,
             committed_index: s.committed_index,
+            polls_serving: s.polls_serving,
+            polls_forwarded: s.polls_forwarded,
         }
     }
 }
@@ -138,6 +153,8 @@ impl From<pb::NodeStatus> for NodeStatus {
                 .into_iter()
                 .map(|m| MemberStatus { id: m.id, grpc_addr: m.grpc_addr, http_addr: m.http_addr })
                 .collect(),
+            polls_serving: s.polls_serving,
+            polls_forwarded: s.polls_forwarded,
         }
     }
 }

@@ -10,9 +10,9 @@ use tonic::{Request, Response, Status};
 use super::proposer::Proposer;
 use super::{wire, Raft};
 use crate::engine::Command;
-use crate::runtime::dispatch::{Dispatcher, PollArgs};
 use crate::pb::raft::raft_peer_server::RaftPeer;
 use crate::pb::raft::RaftMessage;
+use crate::runtime::dispatch::{Dispatcher, PollArgs};
 
 /// How long a forwarded write may take when the caller sent no deadline.
 const DEFAULT_FORWARD_BUDGET: Duration = Duration::from_secs(5);

@@ -3,6 +3,7 @@
 //! queue). A poll that arrives at a follower is forwarded to the leader over the peer protocol.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -86,6 +87,26 @@ pub struct Dispatcher {
     reader: StateReader,
     /// Tasks a poll on this node is proposing a lease for right now, so two polls do not race for the same task.
     claimed: Mutex<BTreeSet<String>>,
+    /// Polls this node is serving as leader right now (its own and forwarded ones).
+    serving: AtomicU64,
+    /// Polls this node has forwarded to the leader and is waiting on.
+    forwarded: AtomicU64,
+}
+
+/// Counts a poll in a gauge for as long as it lives.
+struct Gauge<'a>(&'a AtomicU64);
+
+impl<'a> Gauge<'a> {
+    fn enter(gauge: &'a AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Gauge(gauge)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -104,7 +125,18 @@ enum Forwarded {
 impl Dispatcher {
     /// A dispatcher over this node's proposer and state.
     pub fn new(proposer: Arc<Proposer>, reader: StateReader) -> Self {
-        Dispatcher { proposer, reader, claimed: Mutex::new(BTreeSet::new()) }
+        Dispatcher {
+            proposer,
+            reader,
+            claimed: Mutex::new(BTreeSet::new()),
+            serving: AtomicU64::new(0),
+            forwarded: AtomicU64::new(0),
+        }
+    }
+
+    /// (polls being served here as leader, polls forwarded from here to the leader) right now.
+    pub fn polls_waiting(&self) -> (u64, u64) {
+        (self.serving.load(Ordering::Relaxed), self.forwarded.load(Ordering::Relaxed))
     }
 
     /// Up to `count` tasks of `task_type` (in `domain`), waiting up to `timeout_ms` for one to be ready. Served by
@@ -162,6 +194,7 @@ impl Dispatcher {
             Err(status) => return Forwarded::Done(Err(ApiError::Internal(status.message().to_string()))),
         };
         request.set_timeout(wait + FORWARD_MARGIN);
+        let _gauge = Gauge::enter(&self.forwarded);
         match client.poll(request).await {
             Ok(reply) => match wire::unpack::<ForwardedPoll>(self.proposer.cluster_id(), reply.get_ref()) {
                 Ok(ForwardedPoll::Tasks(tasks)) => Forwarded::Done(Ok(tasks)),
@@ -184,6 +217,7 @@ impl Dispatcher {
     /// leader and has leased nothing: the caller asks the new leader.
     async fn poll_as_leader(&self, args: &PollArgs, deadline: Instant) -> Result<Option<Vec<Dispatched>>, ApiError> {
         let me = self.proposer.node_id();
+        let _gauge = Gauge::enter(&self.serving);
         let count = args.count.clamp(1, MAX_POLL_COUNT) as usize;
         let queue = queue_name(&args.task_type, args.domain.as_deref());
         let pending = self.reader.pending().clone();
