@@ -1,9 +1,10 @@
-//! Raft glue: openraft's type configuration, its network over gRPC (client and server side), and the proposer
-//! that gets a client's command committed from whichever node received it.
+//! Raft glue: openraft's type configuration, its network over gRPC (client and server side), the proposer
+//! that gets a client's command committed from whichever node received it, and the leader's group commit.
 //!
 //! Owns: how Baton speaks openraft. Must not hold business rules (those are the engine's) nor key layouts
 //! (storage's).
 
+pub mod group_commit;
 pub mod network;
 pub mod peer_service;
 pub mod proposer;

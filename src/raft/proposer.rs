@@ -1,6 +1,7 @@
 //! The proposer gets a client's command committed from whichever node received it.
 //!
-//! On the leader it proposes through openraft (`client_write`), stamping the command with the leader's clock. On a
+//! On the leader it proposes through openraft (`client_write`, behind the [group commit](super::group_commit) queue),
+//! stamping the command with the leader's clock. On a
 //! follower it forwards the command to the leader over the peer protocol. With no leader (an election is under way)
 //! or a leader that just died, it waits for the next leader, up to `api.forward_timeout_ms`, so a client never
 //! needs to know who leads.
@@ -13,14 +14,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use openraft::error::{ClientWriteError, RaftError};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tracing::Instrument;
 
+use super::group_commit::{GroupCommit, WriteOutcome};
 use super::{network, wire, NodeId, Raft};
-use crate::engine::{Command, CommandResponse, Proposal};
+use crate::engine::{Command, CommandResponse};
 use crate::pb::raft::raft_peer_client::RaftPeerClient;
 
 /// How long to wait for news of a leader before trying again, when the known leader did not answer.
@@ -98,6 +99,8 @@ pub struct Proposer {
     /// Bounds the writes waiting for Raft on this node (backpressure instead of unbounded memory).
     in_flight: Arc<tokio::sync::Semaphore>,
     max_in_flight: usize,
+    /// The leader's queue into the log (batches concurrent writes into one entry).
+    group_commit: GroupCommit,
 }
 
 impl std::fmt::Debug for Proposer {
@@ -122,6 +125,7 @@ impl Proposer {
     /// A proposer for this node.
     pub fn new(raft: Raft, node_id: NodeId, cluster_id: &str, forward_timeout: Duration, max_in_flight: usize) -> Self {
         Proposer {
+            group_commit: GroupCommit::start(raft.clone(), now_ms),
             raft,
             node_id,
             cluster_id: cluster_id.into(),
@@ -279,16 +283,13 @@ impl Proposer {
     }
 
     async fn propose_as_leader(&self, command: Command, deadline: Instant) -> Attempt<Committed> {
-        let proposal = Proposal { at_ms: now_ms(), command };
-        match tokio::time::timeout_at(deadline, self.raft.client_write(proposal)).await {
-            Ok(Ok(written)) => Attempt::Done(Committed {
-                response: written.data,
-                log_index: written.log_id.index,
-                leader_id: self.node_id,
-            }),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Attempt::Retry,
-            Ok(Err(RaftError::APIError(e))) => Attempt::Fail(ProposeError::OutcomeUnknown(e.to_string())),
-            Ok(Err(RaftError::Fatal(_))) => Attempt::Fail(ProposeError::ShuttingDown),
+        match tokio::time::timeout_at(deadline, self.group_commit.write(command)).await {
+            Ok(WriteOutcome::Applied(response, log_index)) => {
+                Attempt::Done(Committed { response, log_index, leader_id: self.node_id })
+            }
+            Ok(WriteOutcome::NotLeader) => Attempt::Retry,
+            Ok(WriteOutcome::Unknown(why)) => Attempt::Fail(ProposeError::OutcomeUnknown(why)),
+            Ok(WriteOutcome::Fatal) => Attempt::Fail(ProposeError::ShuttingDown),
             Err(_) => Attempt::Fail(ProposeError::OutcomeUnknown(
                 "the leader did not commit it within the forward timeout".into(),
             )),

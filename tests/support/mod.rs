@@ -126,6 +126,8 @@ pub struct Options {
     /// Log entries kept behind the snapshot when purging.
     pub max_logs_kept: u64,
     pub forward_timeout_ms: u64,
+    /// Writes a node may have waiting for Raft before it answers RESOURCE_EXHAUSTED / 429.
+    pub max_in_flight_proposals: u64,
 }
 
 impl Default for Options {
@@ -138,6 +140,7 @@ impl Default for Options {
             logs_since_last: 5000,
             max_logs_kept: 1000,
             forward_timeout_ms: 5000,
+            max_in_flight_proposals: 10_000,
         }
     }
 }
@@ -179,7 +182,10 @@ pub fn render_config(opts: &Options, node_id: u64, data_dir: &Path, members: &[M
         "\n[snapshot]\nlogs_since_last = {}\nmax_logs_kept = {}\n",
         opts.logs_since_last, opts.max_logs_kept
     ));
-    s.push_str(&format!("\n[api]\nforward_timeout_ms = {}\n", opts.forward_timeout_ms));
+    s.push_str(&format!(
+        "\n[api]\nforward_timeout_ms = {}\nmax_in_flight_proposals = {}\n",
+        opts.forward_timeout_ms, opts.max_in_flight_proposals
+    ));
     s
 }
 
