@@ -407,3 +407,29 @@ async fn a_long_poll_on_a_follower_outlives_the_leader_and_gets_a_task_from_the_
     cluster.pass();
     Ok(())
 }
+
+/// The SDK goes direct: a reply names the leader (`x-baton-leader`), and a client that knows that address sends its
+/// next calls there instead of through the follower it started with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_moves_to_the_leader_named_in_replies() -> Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let leader = cluster.leader().await?;
+    let mut addrs: Vec<String> =
+        cluster.nodes().iter().filter(|n| n.id != leader).map(|n| n.grpc_addr.clone()).collect();
+    addrs.push(cluster.node(leader).grpc_addr.clone());
+    setup(cluster.node(leader), 30).await?;
+
+    let client = baton::client::Client::new(addrs.clone())?;
+    ensure!(client.current_addr() == addrs[0], "starts on the first address given");
+    let req =
+        StartWorkflowRequest { name: "math".into(), input_json: json!({"x": 1}).to_string(), ..Default::default() };
+    client.start_workflow(req).await?;
+    ensure!(
+        client.current_addr() == cluster.node(leader).grpc_addr,
+        "after a reply naming the leader the client is on {}, not the leader {}",
+        client.current_addr(),
+        cluster.node(leader).grpc_addr
+    );
+    cluster.pass();
+    Ok(())
+}

@@ -1,9 +1,11 @@
 //! The Rust SDK: a [`Client`] for workflow and metadata calls and a [`worker::Worker`] runner, talking gRPC to any
 //! node of a cluster.
 //!
-//! The client knows a list of node addresses. A call goes to the node that answered last; when that node is down
-//! (connection refused, UNAVAILABLE) the call moves on to the next one, so a client keeps working through a node's
-//! death. Writes are forwarded to the leader by whichever node receives them.
+//! The client knows a list of node addresses. A call goes to the current node; when that node is down (connection
+//! refused, UNAVAILABLE) the call moves on to the next one, so a client keeps working through a node's death. Any
+//! node serves any call (a follower forwards writes and polls to the leader), but each reply names the leader in
+//! its `x-baton-leader` metadata: when that address is one of the client's, the client makes it the current node
+//! and saves the forwarding hop from then on.
 
 pub mod worker;
 
@@ -14,6 +16,7 @@ use serde_json::Value;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::api::grpc_workflows::LEADER_HEADER;
 use crate::pb::v1 as pb;
 use crate::pb::v1::metadata_service_client::MetadataServiceClient;
 use crate::pb::v1::task_service_client::TaskServiceClient;
@@ -69,11 +72,12 @@ impl Client {
         &self.addrs
     }
 
-    /// Runs `call` against the current node, moving through the others (twice round) while nodes are unreachable.
+    /// Runs `call` against the current node, moving through the others (twice round) while nodes are unreachable;
+    /// answers the reply's message.
     pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
     where
         F: FnMut(Channel) -> Fut,
-        Fut: std::future::Future<Output = Result<T, Status>>,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let n = self.channels.len();
         let start = self.current.load(Ordering::Relaxed);
@@ -81,9 +85,10 @@ impl Client {
         for attempt in 0..2 * n {
             let i = (start + attempt) % n;
             match call(self.channels[i].clone()).await {
-                Ok(v) => {
+                Ok(reply) => {
                     self.current.store(i, Ordering::Relaxed);
-                    return Ok(v);
+                    self.follow_leader(reply.metadata());
+                    return Ok(reply.into_inner());
                 }
                 Err(s) if try_elsewhere(&s) => {
                     last = Some(s);
@@ -101,9 +106,10 @@ impl Client {
     pub async fn start_workflow(&self, req: pb::StartWorkflowRequest) -> Result<String, ClientError> {
         self.call(|ch| {
             let req = req.clone();
-            async move { Ok(WorkflowServiceClient::new(ch).start(req).await?.into_inner().workflow_id) }
+            async move { WorkflowServiceClient::new(ch).start(req).await }
         })
         .await
+        .map(|r| r.workflow_id)
     }
 
     /// A workflow in Conductor's JSON shape.
@@ -111,9 +117,10 @@ impl Client {
         let json = self
             .call(|ch| {
                 let req = pb::GetWorkflowRequest { workflow_id: workflow_id.to_string(), consistency: 0 };
-                async move { Ok(WorkflowServiceClient::new(ch).get(req).await?.into_inner().json) }
+                async move { WorkflowServiceClient::new(ch).get(req).await }
             })
-            .await?;
+            .await?
+            .json;
         serde_json::from_str(&json).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
@@ -121,9 +128,10 @@ impl Client {
     pub async fn list_workflows(&self, req: pb::ListWorkflowsRequest) -> Result<Vec<pb::WorkflowSummary>, ClientError> {
         self.call(|ch| {
             let req = req.clone();
-            async move { Ok(WorkflowServiceClient::new(ch).list(req).await?.into_inner().workflows) }
+            async move { WorkflowServiceClient::new(ch).list(req).await }
         })
         .await
+        .map(|r| r.workflows)
     }
 
     /// Terminate, pause, resume, retry or restart.
@@ -133,28 +141,26 @@ impl Client {
             async move {
                 let mut c = WorkflowServiceClient::new(ch);
                 match op {
-                    Operation::Terminate => c.terminate(req).await?,
-                    Operation::Pause => c.pause(req).await?,
-                    Operation::Resume => c.resume(req).await?,
-                    Operation::Retry => c.retry(req).await?,
-                    Operation::Restart => c.restart(req).await?,
-                };
-                Ok(())
+                    Operation::Terminate => c.terminate(req).await,
+                    Operation::Pause => c.pause(req).await,
+                    Operation::Resume => c.resume(req).await,
+                    Operation::Retry => c.retry(req).await,
+                    Operation::Restart => c.restart(req).await,
+                }
             }
         })
         .await
+        .map(|_| ())
     }
 
     /// Registers task definitions (JSON documents).
     pub async fn put_task_defs(&self, defs: Vec<String>) -> Result<(), ClientError> {
         self.call(|ch| {
             let task_defs = defs.iter().map(|json| pb::TaskDefJson { json: json.clone() }).collect();
-            async move {
-                MetadataServiceClient::new(ch).register_task_defs(pb::RegisterTaskDefsRequest { task_defs }).await?;
-                Ok(())
-            }
+            async move { MetadataServiceClient::new(ch).register_task_defs(pb::RegisterTaskDefsRequest { task_defs }).await }
         })
         .await
+        .map(|_| ())
     }
 
     /// Creates or replaces workflow definitions (JSON documents).
@@ -164,11 +170,24 @@ impl Client {
             async move {
                 MetadataServiceClient::new(ch)
                     .update_workflow_defs(pb::UpdateWorkflowDefsRequest { workflow_defs })
-                    .await?;
-                Ok(())
+                    .await
             }
         })
         .await
+        .map(|_| ())
+    }
+
+    /// Makes the leader named in a reply's metadata the current node, when it is one of this client's addresses.
+    pub(crate) fn follow_leader(&self, metadata: &tonic::metadata::MetadataMap) {
+        let Some(leader) = metadata.get(LEADER_HEADER).and_then(|v| v.to_str().ok()) else { return };
+        if let Some(i) = self.addrs.iter().position(|a| a == leader) {
+            self.current.store(i, Ordering::Relaxed);
+        }
+    }
+
+    /// The address calls go to now.
+    pub fn current_addr(&self) -> &str {
+        &self.addrs[self.current.load(Ordering::Relaxed) % self.addrs.len()]
     }
 
     /// A task service client on the current node (workers poll through it).

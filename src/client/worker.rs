@@ -120,7 +120,10 @@ async fn poll_loop(
             _ = shutdown.cancelled() => return,
         };
         let tasks = match polled {
-            Ok(reply) => reply.into_inner().tasks,
+            Ok(reply) => {
+                client.follow_leader(reply.metadata());
+                reply.into_inner().tasks
+            }
             Err(status) => {
                 tracing::debug!(%status, "poll failed; trying the next node");
                 client.next_node(node);
@@ -164,9 +167,9 @@ async fn run_one(client: &Client, handler: HandlerFn, task: pb::WorkerTask, work
                 };
                 let r = client.call(|ch| {
                     let req = req.clone();
-                    async move { TaskServiceClient::new(ch).extend_lease(req).await.map(|_| ()) }
+                    async move { TaskServiceClient::new(ch).extend_lease(req).await }
                 });
-                if let Err(e) = r.await {
+                if let Err(e) = r.await.map(|_| ()) {
                     tracing::debug!(error = %e, "heartbeat failed");
                 }
             }
@@ -194,9 +197,10 @@ async fn run_one(client: &Client, handler: HandlerFn, task: pb::WorkerTask, work
         let r = client
             .call(|ch| {
                 let req = req.clone();
-                async move { TaskServiceClient::new(ch).update_task(req).await.map(|_| ()) }
+                async move { TaskServiceClient::new(ch).update_task(req).await }
             })
-            .await;
+            .await
+            .map(|_| ());
         match r {
             Ok(()) => return,
             Err(super::ClientError::Status(s)) if s.code() == Code::FailedPrecondition => {
