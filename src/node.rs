@@ -12,10 +12,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use openraft::SnapshotPolicy;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
 use crate::api::gateway::Gateway;
 use crate::api::grpc::{ClusterGrpc, MetadataGrpc};
@@ -176,7 +177,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
             TaskServiceServer::new(TaskGrpc::new(workflows.clone(), dispatcher.clone()))
                 .max_decoding_message_size(max_payload),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), shutdown.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(
+            // Small request/response exchanges (Raft messages, polls) must not wait for Nagle's algorithm and the
+            // peer's delayed ACK (40 ms on Linux); tonic applies its own nodelay setting only to sockets it binds.
+            TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            shutdown.clone().cancelled_owned(),
+        );
     let http_app = router(HttpState {
         raft: raft.clone(),
         reader: reader.clone(),
@@ -186,6 +192,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         cluster_id: config.cluster_id.as_str().into(),
     });
     let http_app = http_app.layer(axum::extract::DefaultBodyLimit::max(max_payload));
+    let http_listener = http_listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set on an HTTP connection");
+        }
+    });
     let http = axum::serve(http_listener, http_app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
 
     tracing::info!(

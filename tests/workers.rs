@@ -379,9 +379,13 @@ async fn a_long_poll_on_a_follower_outlives_the_leader_and_gets_a_task_from_the_
         }
     };
     wait_until(secs(5), "the poll to be forwarded to the leader", || async {
-        let parked =
-            gauge(follower, "polls_forwarded").await? == 1 && gauge(cluster.node(leader), "polls_serving").await? == 1;
-        Ok(parked.then_some(()))
+        let forwarded = gauge(follower, "polls_forwarded").await?;
+        let serving = gauge(cluster.node(leader), "polls_serving").await?;
+        ensure!(
+            forwarded == 1 && serving == 1,
+            "forwarded by the follower {forwarded}, served by the leader {serving}"
+        );
+        Ok(())
     })
     .await?;
     ensure!(!waiting.is_finished(), "the poll returned with nothing ready: {:?}", waiting.await);
