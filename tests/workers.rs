@@ -437,3 +437,38 @@ async fn the_sdk_moves_to_the_leader_named_in_replies() -> Result<()> {
     cluster.pass();
     Ok(())
 }
+
+/// Idempotent start across a leader change: the retry of a start, carrying the same idempotency key, reaches the
+/// new leader through another node and answers the workflow the first attempt created; no second one exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_retried_after_the_leader_dies_answers_the_same_workflow() -> Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let leader = cluster.leader().await?;
+    let followers: Vec<&Node> = cluster.nodes().iter().filter(|n| n.id != leader).collect();
+    setup(followers[0], 30).await?;
+    let req = StartWorkflowRequest {
+        name: "math".into(),
+        input_json: json!({"x": 7}).to_string(),
+        idempotency_key: "order-7".into(),
+        correlation_id: "order-7".into(),
+        ..Default::default()
+    };
+    let mut first = WorkflowServiceClient::new(channel(&followers[0].grpc_addr)?);
+    let id = first.start(req.clone()).await?.into_inner().workflow_id;
+
+    cluster.node(leader).kill()?;
+    let next = cluster.leader_by(secs(10)).await?;
+    ensure!(next != leader, "a new leader");
+    let mut retry = WorkflowServiceClient::new(channel(&followers[1].grpc_addr)?);
+    let again = retry.start(req).await?.into_inner().workflow_id;
+    ensure!(again == id, "the retried start created {again}, the first one {id}");
+
+    let listed = retry
+        .list(baton::pb::v1::ListWorkflowsRequest { correlation_id: "order-7".into(), ..Default::default() })
+        .await?
+        .into_inner()
+        .workflows;
+    ensure!(listed.len() == 1 && listed[0].workflow_id == id, "workflows with the key's correlation id: {listed:?}");
+    cluster.pass();
+    Ok(())
+}
