@@ -223,13 +223,15 @@ async fn workflows_complete_with_workers_on_every_node_while_the_leader_is_kille
     let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied();
     println!(
         "workers: {} completions, {} refused as stale; leader kill -> first task dispatched after it: {:?}; \
-         dispatch latency (task ready -> worker) p50 {:?} p99 {:?} over {} tasks; state_hash {}",
+         dispatch latency (task ready -> worker) p50 {:?} p99 {:?} over {} tasks, {} of them waited out a \
+         response timeout (leased by the killed leader, answer lost); state_hash {}",
         tally.completed.load(Ordering::Relaxed),
         tally.refused.load(Ordering::Relaxed),
         first_dispatch.map(|t| t.duration_since(killed_at)),
         pct(0.5),
         pct(0.99),
         lat.len(),
+        lat.iter().filter(|l| **l >= Duration::from_secs(10)).count(),
         &statuses[0].state_hash[..12]
     );
     cluster.pass();
