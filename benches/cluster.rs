@@ -122,6 +122,7 @@ async fn handoff(workflows: usize) -> Result<()> {
                             count: 1,
                             timeout_ms: 5000,
                             domain: String::new(),
+                            poll_id: String::new(),
                         };
                         for task in client.poll(poll).await?.into_inner().tasks {
                             if tx.send((task, Instant::now())).is_err() {
@@ -186,6 +187,7 @@ async fn pinned_worker(addr: String, stop: Arc<AtomicBool>, watch: Arc<Watch>) -
                 count: 8,
                 timeout_ms: 100,
                 domain: String::new(),
+                poll_id: String::new(),
             };
             let Ok(reply) = client.poll(poll).await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;

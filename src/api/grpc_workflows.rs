@@ -291,6 +291,7 @@ async fn serve_stream(
         worker_id: subscribe.worker_id.clone(),
         count: 0,
         timeout_ms: STREAM_POLL_MS,
+        poll_id: None,
     };
     while !closed.is_cancelled() && !out.is_closed() {
         let available = credits.load(Ordering::SeqCst);
@@ -341,6 +342,7 @@ impl TaskService for TaskGrpc {
             worker_id: r.worker_id,
             count: r.count,
             timeout_ms: r.timeout_ms,
+            poll_id: (!r.poll_id.is_empty()).then_some(r.poll_id),
         };
         let tasks = self.dispatcher.poll(&args).await?;
         let tasks = tasks.into_iter().map(worker_task).collect();

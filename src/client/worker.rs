@@ -101,6 +101,8 @@ async fn poll_loop(
     handler: HandlerFn,
     shutdown: CancellationToken,
 ) {
+    // The id of a poll whose answer was lost: the next poll repeats it, to get back what it leased.
+    let mut unanswered: Option<String> = None;
     while !shutdown.is_cancelled() {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
@@ -108,12 +110,14 @@ async fn poll_loop(
         };
         let free = slots.available_permits() + 1;
         let (node, mut tasks_client) = client.task_channel();
+        let poll_id = unanswered.take().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let req = pb::PollRequest {
             task_type: task_type.clone(),
             worker_id: worker_id.clone(),
             count: u32::try_from(free).unwrap_or(1),
             timeout_ms: POLL_WAIT_MS,
             domain: String::new(),
+            poll_id: poll_id.clone(),
         };
         let polled = tokio::select! {
             r = tasks_client.poll(req) => r,
@@ -125,7 +129,8 @@ async fn poll_loop(
                 reply.into_inner().tasks
             }
             Err(status) => {
-                tracing::debug!(%status, "poll failed; trying the next node");
+                tracing::debug!(%status, "poll failed; repeating it on the next node");
+                unanswered = Some(poll_id);
                 client.next_node(node);
                 tokio::time::sleep(RETRY_PAUSE).await;
                 continue;

@@ -708,6 +708,7 @@ impl<'s, S: StateView> Exec<'s, S> {
             executed: false,
             poll_count: 0,
             worker_id: None,
+            poll_id: None,
             reason_for_incompletion: None,
             response_timeout_seconds: 0,
             iteration,

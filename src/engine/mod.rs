@@ -145,6 +145,9 @@ pub enum Command {
     LeaseTasks {
         /// The worker.
         worker_id: String,
+        /// The poll asking (recorded on each task leased, see `Task::poll_id`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        poll_id: Option<String>,
         /// The tasks.
         tasks: Vec<TaskRef>,
     },
@@ -576,8 +579,8 @@ fn apply_workflow_command(state: &impl StateView, at_ms: u64, command: &Command)
             exec.op_skip(workflow_id, task_ref, output)?.map(|()| CommandResponse::Done)
         }
         Command::Tick { workflow_id } => exec.op_tick(workflow_id)?.map(|()| CommandResponse::Done),
-        Command::LeaseTasks { worker_id, tasks } => {
-            exec.op_lease(worker_id, tasks)?.map(|granted| CommandResponse::Leased { granted })
+        Command::LeaseTasks { worker_id, poll_id, tasks } => {
+            exec.op_lease(worker_id, poll_id.as_deref(), tasks)?.map(|granted| CommandResponse::Leased { granted })
         }
         Command::AppendTaskLog { workflow_id, task_id, log } => {
             exec.op_append_log(workflow_id, task_id, log)?.map(|()| CommandResponse::Done)

@@ -162,6 +162,10 @@ pub struct Task {
     /// The worker holding it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_id: Option<String>,
+    /// The poll that took the current lease: a worker whose poll answer was lost repeats the poll under this id and
+    /// gets the same task and lease back instead of waiting out the response timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_id: Option<String>,
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason_for_incompletion: Option<String>,
@@ -195,6 +199,7 @@ impl Task {
         self.output_data = Map::new();
         self.reason_for_incompletion = None;
         self.worker_id = None;
+        self.poll_id = None;
         self.start_time = 0;
         self.end_time = 0;
         self.scheduled_time = now_ms;

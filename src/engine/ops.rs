@@ -163,7 +163,7 @@ impl<S: StateView> Exec<'_, S> {
 
     /// Hands visible, scheduled worker tasks to a worker: each becomes IN_PROGRESS under a new lease. Tasks that
     /// stopped qualifying since the leader picked them (taken, canceled, not yet visible) are left out.
-    pub fn op_lease(&mut self, worker_id: &str, tasks: &[TaskRef]) -> OpResult<Vec<LeaseGrant>> {
+    pub fn op_lease(&mut self, worker_id: &str, poll_id: Option<&str>, tasks: &[TaskRef]) -> OpResult<Vec<LeaseGrant>> {
         let now = self.now_ms;
         let mut granted = Vec::new();
         // Leases granted by this command per type (its IN_PROGRESS counts are only added up when it finishes).
@@ -215,6 +215,7 @@ impl<S: StateView> Exec<'_, S> {
             t.callback_after_seconds = 0;
             t.visible_from = 0;
             t.worker_id = Some(worker_id.to_string());
+            t.poll_id = poll_id.map(str::to_string);
             t.lease_seq += 1;
             granted.push(LeaseGrant {
                 workflow_id: r.workflow_id.clone(),

@@ -1,6 +1,7 @@
-//! What is waiting in the applied state, indexed for the leader: worker tasks ready to hand out, per queue, and
-//! workflows with a timer. Kept in memory on every node, updated from each applied workflow, rebuilt from the state
-//! on start-up and after a snapshot install, so a new leader serves polls and fires timers at once.
+//! What is waiting in the applied state, indexed for the leader: worker tasks ready to hand out, per queue,
+//! workflows with a timer, and the tasks each poll leased (to answer a repeated poll). Kept in memory on every node,
+//! updated from each applied workflow, rebuilt from the state on start-up and after a snapshot install, so a new
+//! leader serves polls and fires timers at once.
 //!
 //! Pure data (ordered maps, no I/O); which tasks count as ready and when a workflow's timer is due are the
 //! engine's rules, so they live here, beside the engine.
@@ -33,8 +34,16 @@ pub fn queue_name(task_type: &str, domain: Option<&str>) -> String {
 /// Order within a queue: (priority rank, scheduled time, task id); higher workflow priority first.
 type QueueKey = (u32, u64, String);
 
-/// What the index holds for one workflow: its queue entries and its timer.
-type Entries = (Vec<(String, QueueKey)>, u64);
+/// What the index holds for one workflow, to remove it when the workflow changes.
+#[derive(Debug, Default, Clone)]
+struct Entries {
+    /// (queue, key) of each ready task.
+    queued: Vec<(String, QueueKey)>,
+    /// The workflow's timer (0: none).
+    tick: u64,
+    /// (poll id, task id) of each leased task.
+    leased: Vec<(String, String)>,
+}
 
 /// Ready tasks per queue and timers per workflow.
 #[derive(Debug, Default, Clone)]
@@ -45,6 +54,8 @@ pub struct PendingIndex {
     entries: BTreeMap<String, Entries>,
     /// (due ms, workflow id).
     timers: BTreeSet<(u64, String)>,
+    /// poll id -> (workflow id, task id) of the IN_PROGRESS tasks that poll leased.
+    polls: BTreeMap<String, BTreeSet<(String, String)>>,
 }
 
 impl PendingIndex {
@@ -52,6 +63,14 @@ impl PendingIndex {
     pub fn update(&mut self, wf: &Workflow) {
         self.remove(&wf.workflow_id);
         let mut keys = Vec::new();
+        let mut leased = Vec::new();
+        // Also while the workflow is paused: its workers still hold their tasks.
+        for t in wf.tasks.iter().filter(|t| t.status == TaskStatus::InProgress) {
+            if let Some(poll) = &t.poll_id {
+                self.polls.entry(poll.clone()).or_default().insert((wf.workflow_id.clone(), t.task_id.clone()));
+                leased.push((poll.clone(), t.task_id.clone()));
+            }
+        }
         if wf.status == WorkflowStatus::Running {
             for t in wf.tasks.iter().filter(|t| t.status == TaskStatus::Scheduled && !is_system_type(&t.task_type)) {
                 let domain = wf.task_to_domain.get(&t.task_type).or_else(|| wf.task_to_domain.get("*"));
@@ -70,15 +89,23 @@ impl PendingIndex {
         if tick > 0 {
             self.timers.insert((tick, wf.workflow_id.clone()));
         }
-        if !keys.is_empty() || tick > 0 {
-            self.entries.insert(wf.workflow_id.clone(), (keys, tick));
+        if !keys.is_empty() || tick > 0 || !leased.is_empty() {
+            self.entries.insert(wf.workflow_id.clone(), Entries { queued: keys, tick, leased });
         }
     }
 
     /// Forgets a workflow.
     pub fn remove(&mut self, workflow_id: &str) {
-        if let Some((keys, tick)) = self.entries.remove(workflow_id) {
-            for (queue, key) in keys {
+        if let Some(Entries { queued, tick, leased }) = self.entries.remove(workflow_id) {
+            for (poll, task_id) in leased {
+                if let Some(tasks) = self.polls.get_mut(&poll) {
+                    tasks.remove(&(workflow_id.to_string(), task_id));
+                    if tasks.is_empty() {
+                        self.polls.remove(&poll);
+                    }
+                }
+            }
+            for (queue, key) in queued {
                 if let Some(q) = self.queues.get_mut(&queue) {
                     q.remove(&key);
                     if q.is_empty() {
@@ -94,6 +121,11 @@ impl PendingIndex {
     pub fn ready(&self, queue: &str, now_ms: u64, limit: usize, skip: &BTreeSet<String>) -> Vec<Ready> {
         let Some(q) = self.queues.get(queue) else { return Vec::new() };
         q.values().filter(|r| r.visible_from <= now_ms && !skip.contains(&r.task_id)).take(limit).cloned().collect()
+    }
+
+    /// (workflow id, task id) of the tasks the poll `poll_id` leased that are still IN_PROGRESS.
+    pub fn leased_by(&self, poll_id: &str) -> Vec<(String, String)> {
+        self.polls.get(poll_id).map(|t| t.iter().cloned().collect()).unwrap_or_default()
     }
 
     /// The earliest time a task of this queue becomes visible, if any is waiting.

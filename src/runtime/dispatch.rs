@@ -63,6 +63,9 @@ pub struct PollArgs {
     pub count: u32,
     /// Longest wait for a first task, ms (clamped to [`MAX_POLL_WAIT_MS`]).
     pub timeout_ms: u32,
+    /// The poll's id. A poll repeated under the id of one whose answer was lost (the node serving it died) answers
+    /// the tasks that one leased, with their leases, if they are still in progress, instead of leasing others.
+    pub poll_id: Option<String>,
 }
 
 /// The leader's answer to a forwarded poll.
@@ -118,9 +121,18 @@ impl std::fmt::Debug for Dispatcher {
 /// Outcome of one forwarding attempt.
 enum Forwarded {
     Done(Result<Vec<Dispatched>, ApiError>),
-    /// Nothing was leased (or the answer was lost): ask the leader known next.
+    /// Nothing was leased: ask the leader known next.
     Retry,
+    /// The poll reached the leader but its answer was lost: it may have leased tasks. Ask the next leader under the
+    /// same poll id, even past the poll's own wait, to get them back.
+    Lost,
 }
+
+/// How long a follower keeps asking for the answer of a forwarded poll that was lost, past the poll's own wait.
+const RECOVER_WITHIN: Duration = Duration::from_secs(5);
+/// Longest a new leader waits to have applied its own first entry (and so everything before it) before it
+/// serves a poll.
+const SETTLE_WITHIN: Duration = Duration::from_secs(2);
 
 impl Dispatcher {
     /// A dispatcher over this node's proposer and state.
@@ -146,7 +158,16 @@ impl Dispatcher {
         if args.task_type.is_empty() {
             return Err(ApiError::Invalid { message: "task_type: must not be empty".into(), field_errors: Vec::new() });
         }
-        let deadline = Instant::now() + Duration::from_millis(u64::from(args.timeout_ms.min(MAX_POLL_WAIT_MS)));
+        let mut deadline = Instant::now() + Duration::from_millis(u64::from(args.timeout_ms.min(MAX_POLL_WAIT_MS)));
+        // Forwarding may lose an answer too: an id lets the retry below find what was leased.
+        let named;
+        let args = match args.poll_id {
+            Some(_) => args,
+            None => {
+                named = PollArgs { poll_id: Some(uuid::Uuid::new_v4().to_string()), ..args.clone() };
+                &named
+            }
+        };
         let me = self.proposer.node_id();
         let mut metrics = self.proposer.metrics();
         loop {
@@ -157,11 +178,11 @@ impl Dispatcher {
                         return Ok(tasks);
                     }
                 }
-                Some(id) => {
-                    if let Forwarded::Done(result) = self.forward(id, args, deadline).await {
-                        return result;
-                    }
-                }
+                Some(id) => match self.forward(id, args, deadline).await {
+                    Forwarded::Done(result) => return result,
+                    Forwarded::Retry => {}
+                    Forwarded::Lost => deadline = deadline.max(Instant::now() + RECOVER_WITHIN),
+                },
                 None => {}
             }
             let now = Instant::now();
@@ -203,12 +224,13 @@ impl Dispatcher {
                 Err(status) => Forwarded::Done(Err(ApiError::Internal(status.message().to_string()))),
             },
             Err(status) => {
-                // Unreachable, or the leader died mid-poll. Tasks it may have leased for this poll go back to the
-                // queue when their response timeout passes, as for a worker that died holding them.
-                if !never_sent(&status) {
-                    tracing::debug!(leader, error = %status.message(), "forwarded poll lost; asking again");
+                // Unreachable (nothing leased), or the leader died mid-poll (it may have leased tasks for it: the
+                // next leader answers them to the same poll id).
+                if never_sent(&status) {
+                    return Forwarded::Retry;
                 }
-                Forwarded::Retry
+                tracing::debug!(leader, error = %status.message(), "forwarded poll's answer lost; asking the next leader");
+                Forwarded::Lost
             }
         }
     }
@@ -222,6 +244,30 @@ impl Dispatcher {
         let queue = queue_name(&args.task_type, args.domain.as_deref());
         let pending = self.reader.pending().clone();
         let mut metrics = self.proposer.metrics();
+        // A new leader's index is current once it has applied the first entry of its own term (every entry committed
+        // before it is applied then): until then a repeated poll could miss what the last leader leased for it.
+        let settle_by = deadline.max(Instant::now() + SETTLE_WITHIN);
+        loop {
+            let (leading, current) = {
+                let m = metrics.borrow_and_update();
+                (m.current_leader == Some(me), m.last_applied.is_some_and(|id| id.leader_id.term == m.current_term))
+            };
+            if !leading {
+                return Ok(None);
+            }
+            if current {
+                break;
+            }
+            if tokio::time::timeout_at(settle_by, metrics.changed()).await.is_err() {
+                return Ok(Some(Vec::new()));
+            }
+        }
+        if let Some(poll_id) = &args.poll_id {
+            let leased = pending.with(|ix| ix.leased_by(poll_id));
+            if !leased.is_empty() {
+                return self.recover(poll_id, leased).map(Some);
+            }
+        }
         loop {
             if metrics.borrow_and_update().current_leader != Some(me) {
                 return Ok(None);
@@ -243,7 +289,8 @@ impl Dispatcher {
                     .into_iter()
                     .map(|r| TaskRef { workflow_id: r.workflow_id, task_id: r.task_id })
                     .collect();
-                let command = Command::LeaseTasks { worker_id: args.worker_id.clone(), tasks };
+                let command =
+                    Command::LeaseTasks { worker_id: args.worker_id.clone(), poll_id: args.poll_id.clone(), tasks };
                 let result = self.proposer.propose(command).await;
                 {
                     let mut claimed = self.claimed.lock().expect("claims lock is never poisoned");
@@ -278,6 +325,21 @@ impl Dispatcher {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+
+    /// The tasks a poll leased, answered again to its repetition (same leases).
+    fn recover(&self, poll_id: &str, leased: Vec<(String, String)>) -> Result<Vec<Dispatched>, ApiError> {
+        let mut out = Vec::with_capacity(leased.len());
+        for (workflow_id, task_id) in leased {
+            let wf: Option<Workflow> = self.reader.workflow(&workflow_id)?;
+            let Some(task) = wf.as_ref().and_then(|w| w.task(&task_id)).cloned() else { continue };
+            if task.poll_id.as_deref() == Some(poll_id) && task.status == crate::engine::model::TaskStatus::InProgress {
+                let grant = LeaseGrant { workflow_id, task_id, lease_seq: task.lease_seq };
+                out.push(Dispatched { task, grant });
+            }
+        }
+        tracing::info!(poll_id, tasks = out.len(), "a repeated poll got back the tasks it had leased");
+        Ok(out)
     }
 
     fn load(&self, granted: Vec<LeaseGrant>) -> Result<Vec<Dispatched>, ApiError> {

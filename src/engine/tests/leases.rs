@@ -12,6 +12,7 @@ fn lease(w: &mut World, id: &str, reference: &str, worker: &str) -> (String, u64
     let task_id = w.task(id, reference).task_id.clone();
     let r = w.run(Command::LeaseTasks {
         worker_id: worker.into(),
+        poll_id: None,
         tasks: vec![TaskRef { workflow_id: id.into(), task_id: task_id.clone() }],
     });
     let CommandResponse::Leased { granted } = r else { panic!("lease answered {r:?}") };
@@ -91,6 +92,7 @@ fn a_task_handed_out_again_after_a_callback_refuses_its_previous_holder() {
     assert_eq!(w.task(&id, "job").status, TaskStatus::Scheduled);
     let refused = w.run(Command::LeaseTasks {
         worker_id: "w2".into(),
+        poll_id: None,
         tasks: vec![TaskRef { workflow_id: id.clone(), task_id: task_id.clone() }],
     });
     assert_eq!(refused, CommandResponse::Leased { granted: vec![] }, "not visible before the callback");
@@ -128,9 +130,14 @@ fn a_batch_applies_its_commands_in_order_each_seeing_the_previous() {
     let r = w.run(Command::Batch(vec![
         Command::LeaseTasks {
             worker_id: "w".into(),
+            poll_id: None,
             tasks: vec![TaskRef { workflow_id: id.clone(), task_id: task_id.clone() }],
         },
-        Command::LeaseTasks { worker_id: "w2".into(), tasks: vec![TaskRef { workflow_id: id.clone(), task_id }] },
+        Command::LeaseTasks {
+            worker_id: "w2".into(),
+            poll_id: None,
+            tasks: vec![TaskRef { workflow_id: id.clone(), task_id }],
+        },
         Command::Terminate { workflow_id: "missing".into(), reason: String::new() },
     ]));
     let CommandResponse::Batch(answers) = r else { panic!("batch answered {r:?}") };
@@ -147,7 +154,8 @@ fn concurrent_exec_limit_holds_back_leases_until_an_attempt_finishes() {
     let ids: Vec<String> = (0..3).map(|_| w.start("s", json!({}))).collect();
     let refs: Vec<TaskRef> =
         ids.iter().map(|id| TaskRef { workflow_id: id.clone(), task_id: w.task(id, "x").task_id.clone() }).collect();
-    let CommandResponse::Leased { granted } = w.run(Command::LeaseTasks { worker_id: "w".into(), tasks: refs.clone() })
+    let CommandResponse::Leased { granted } =
+        w.run(Command::LeaseTasks { worker_id: "w".into(), poll_id: None, tasks: refs.clone() })
     else {
         panic!()
     };
@@ -159,7 +167,9 @@ fn concurrent_exec_limit_holds_back_leases_until_an_attempt_finishes() {
         CommandResponse::Done
     );
     assert_eq!(w.state.type_stats["scarce"].in_progress, 1);
-    let CommandResponse::Leased { granted } = w.run(Command::LeaseTasks { worker_id: "w".into(), tasks: refs }) else {
+    let CommandResponse::Leased { granted } =
+        w.run(Command::LeaseTasks { worker_id: "w".into(), poll_id: None, tasks: refs })
+    else {
         panic!()
     };
     assert_eq!(granted.len(), 1, "the third now fits");
@@ -175,7 +185,11 @@ fn rate_limit_allows_so_many_dispatches_per_window() {
     let ids: Vec<String> = (0..3).map(|_| w.start("m", json!({}))).collect();
     let refs: Vec<TaskRef> =
         ids.iter().map(|id| TaskRef { workflow_id: id.clone(), task_id: w.task(id, "x").task_id.clone() }).collect();
-    let lease_all = |w: &mut World| match w.run(Command::LeaseTasks { worker_id: "w".into(), tasks: refs.clone() }) {
+    let lease_all = |w: &mut World| match w.run(Command::LeaseTasks {
+        worker_id: "w".into(),
+        poll_id: None,
+        tasks: refs.clone(),
+    }) {
         CommandResponse::Leased { granted } => granted.len(),
         other => panic!("{other:?}"),
     };
@@ -184,4 +198,26 @@ fn rate_limit_allows_so_many_dispatches_per_window() {
     assert_eq!(lease_all(&mut w), 0, "the window is spent");
     w.advance(1);
     assert_eq!(lease_all(&mut w), 1, "a new window");
+}
+
+#[test]
+fn the_index_answers_which_in_progress_tasks_a_poll_leased_until_they_finish() {
+    use crate::engine::pending::PendingIndex;
+    let mut w = World::new();
+    let id = one_task(&mut w, 30);
+    let task_id = w.task(&id, "job").task_id.clone();
+    let r = w.run(Command::LeaseTasks {
+        worker_id: "w".into(),
+        poll_id: Some("poll-7".into()),
+        tasks: vec![TaskRef { workflow_id: id.clone(), task_id: task_id.clone() }],
+    });
+    let CommandResponse::Leased { granted } = r else { panic!("lease answered {r:?}") };
+    let mut index = PendingIndex::default();
+    index.update(w.wf(&id));
+    assert_eq!(index.leased_by("poll-7"), vec![(id.clone(), task_id.clone())]);
+    assert!(index.leased_by("poll-8").is_empty());
+
+    assert_eq!(report(&mut w, &id, &task_id, granted[0].lease_seq, TaskStatus::Completed, 0), CommandResponse::Done);
+    index.update(w.wf(&id));
+    assert!(index.leased_by("poll-7").is_empty(), "a finished task is no longer the poll's to answer");
 }

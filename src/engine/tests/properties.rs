@@ -143,6 +143,7 @@ fn command(w: &World, ids: &[String], action: &Action) -> Option<Command> {
             let task_id = pending(&workflow_id, *b)?;
             Command::LeaseTasks {
                 worker_id: "w".into(),
+                poll_id: None,
                 tasks: vec![crate::engine::ops::TaskRef { workflow_id, task_id }],
             }
         }
