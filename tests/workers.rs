@@ -553,3 +553,32 @@ async fn a_poll_repeated_under_its_id_after_the_leader_dies_gets_back_its_tasks(
     cluster.pass();
     Ok(())
 }
+
+/// A node that cannot reach a leader does not answer a poll with an empty success (a worker would keep polling it
+/// forever): once the poll's wait is over it answers UNAVAILABLE, naming the problem, so the worker moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_on_a_node_without_a_leader_answers_unavailable() -> Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let leader = cluster.leader().await?;
+    let follower = cluster.nodes().iter().find(|n| n.id != leader).context("a follower")?;
+    setup(follower, 30).await?;
+    for n in cluster.nodes().iter().filter(|n| n.id != follower.id) {
+        n.kill()?;
+    }
+    let mut tasks = TaskServiceClient::new(channel(&follower.grpc_addr)?);
+    let poll = PollRequest {
+        task_type: "add_one".into(),
+        worker_id: "w".into(),
+        count: 1,
+        timeout_ms: 1000,
+        domain: String::new(),
+        poll_id: String::new(),
+    };
+    let started = Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(15), tasks.poll(poll)).await.context("the poll hung")?;
+    let status = answer.expect_err("a node without a leader must not answer a poll with success");
+    ensure!(status.code() == tonic::Code::Unavailable && status.message().contains("no leader"), "{status:?}");
+    println!("answered {:?} after {:?}", status.message(), started.elapsed());
+    cluster.pass();
+    Ok(())
+}

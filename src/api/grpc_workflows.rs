@@ -254,6 +254,8 @@ fn worker_task(d: crate::runtime::dispatch::Dispatched) -> pb::WorkerTask {
 
 /// How long one internal poll of a stream waits before looking at the worker's messages again, ms.
 const STREAM_POLL_MS: u32 = 1000;
+/// How long a stream waits through an election (no leader answering its polls) before it ends with UNAVAILABLE.
+const STREAM_LEADERLESS: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Serves one push stream: leases and sends tasks while the worker has credits. Credits are read on their own
 /// task, so a lease in progress is never abandoned half-way when credits arrive.
@@ -293,6 +295,7 @@ async fn serve_stream(
         timeout_ms: STREAM_POLL_MS,
         poll_id: None,
     };
+    let mut leaderless_since: Option<std::time::Instant> = None;
     while !closed.is_cancelled() && !out.is_closed() {
         let available = credits.load(Ordering::SeqCst);
         if available == 0 {
@@ -305,6 +308,7 @@ async fn serve_stream(
         args.count = u32::try_from(available).unwrap_or(u32::MAX);
         match dispatcher.poll(&args).await {
             Ok(tasks) => {
+                leaderless_since = None;
                 for task in tasks {
                     credits.fetch_sub(1, Ordering::SeqCst);
                     if out.send(Ok(worker_task(task))).await.is_err() {
@@ -312,6 +316,9 @@ async fn serve_stream(
                     }
                 }
             }
+            // An election: the stream waits for the next leader, up to a bound, then lets the worker go elsewhere.
+            Err(ApiError::Unavailable(_))
+                if leaderless_since.get_or_insert_with(std::time::Instant::now).elapsed() < STREAM_LEADERLESS => {}
             Err(e) => {
                 let _ = out.send(Err(e.into())).await;
                 break;

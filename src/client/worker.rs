@@ -58,6 +58,8 @@ impl std::fmt::Debug for Worker {
 const POLL_WAIT_MS: u32 = 1000;
 /// Pause after a failed poll before trying the next node.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// How long past its wait a poll may take before the node counts as unreachable.
+const POLL_GRACE: Duration = Duration::from_secs(7);
 
 impl Worker {
     /// A worker named `worker_id` running at most `concurrency` tasks at once.
@@ -119,6 +121,9 @@ async fn poll_loop(
             domain: String::new(),
             poll_id: poll_id.clone(),
         };
+        // The node may hold a poll past its wait to recover a lost answer (up to 5 s); beyond that it is unreachable.
+        let mut req = tonic::Request::new(req);
+        req.set_timeout(Duration::from_millis(u64::from(POLL_WAIT_MS)) + POLL_GRACE);
         let polled = tokio::select! {
             r = tasks_client.poll(req) => r,
             _ = shutdown.cancelled() => return,

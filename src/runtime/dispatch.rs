@@ -187,7 +187,12 @@ impl Dispatcher {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Ok(Vec::new());
+                // No leader answered within the wait: say so, so that a worker tries another node instead of
+                // waiting on one that is cut off from the cluster.
+                let known = leader.map_or_else(|| "none".to_string(), |id| format!("node {id}"));
+                return Err(ApiError::Unavailable(format!(
+                    "no leader could serve this poll within its wait (leader known to node {me}: {known})"
+                )));
             }
             let pause = if leader.is_some() { RETRY_PAUSE } else { deadline - now };
             if let Ok(Err(_)) = tokio::time::timeout(pause.min(deadline - now), metrics.changed()).await {
