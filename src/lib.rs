@@ -15,6 +15,8 @@
 //! - [`node`]: the composition root: starts and stops one node.
 //! - [`client`]: the Rust SDK (a `Client` and a `Worker` runner) over the public gRPC API.
 //! - [`cli`]: the `baton` command's subcommands other than `server` (`up`, `cluster status`).
+//! - [`chaos`]: `baton chaos`, a fault-injecting runner for a local three-node cluster, with invariant checks; a
+//!   tool outside the server that uses only the public API.
 //! - [`pb`]: code generated from proto/.
 //!
 //! The dependency rule: everything points inward, toward the engine. The engine imports nothing of the others;
@@ -22,6 +24,7 @@
 //! sit outside; only `node` wires them all.
 
 pub mod api;
+pub mod chaos;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -1,13 +1,16 @@
 //! The `baton` command: `server` runs one node; `up` runs a local three-node cluster; `cluster status` shows
-//! every member.
+//! every member; `chaos` runs a local cluster under load and faults and checks its guarantees.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+use baton::chaos::faults::FaultKind;
+use baton::chaos::ChaosOptions;
 use baton::config::{Config, ConfigError, Overrides};
 
 #[derive(Parser)]
@@ -36,6 +39,33 @@ enum Cmd {
         /// Directory holding node1.toml, node2.toml, node3.toml.
         #[arg(long, default_value = "config")]
         config_dir: PathBuf,
+    },
+    /// Run a local three-node cluster under load while injecting faults, then check that nothing acknowledged
+    /// was lost, nothing applied twice, and the replicas agree. Exit code 0: no violation; 1: violations; 2: bad
+    /// arguments or set-up failure.
+    Chaos {
+        /// How long load and faults go on (e.g. 90s, 10m); draining and checks come after.
+        #[arg(long, default_value = "10m", value_parser = baton::chaos::parse_duration)]
+        duration: Duration,
+        /// Pause between one fault's recovery and the next fault (e.g. 5s, 500ms).
+        #[arg(long, default_value = "5s", value_parser = baton::chaos::parse_duration)]
+        fault_interval: Duration,
+        /// The fault kinds, injected in turn.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "kill-leader,kill-follower,pause-leader,double-kill,restart-all,wipe-follower,kill-worker"
+        )]
+        faults: Vec<FaultKind>,
+        /// Workflow starts per second.
+        #[arg(long, default_value_t = 20.0, value_parser = positive_rate)]
+        rate: f64,
+        /// The JSON report's path (default: chaos-report.json in the run's directory).
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Keep the nodes' data dirs and logs after a clean run (they are always kept after violations).
+        #[arg(long)]
+        keep_dir: bool,
     },
     /// Cluster-wide commands.
     Cluster {
@@ -178,6 +208,42 @@ enum ClusterCmd {
     },
 }
 
+/// A workflow start rate: a positive number of starts per second.
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate.is_finite() => Ok(rate),
+        _ => Err(format!("'{text}' is not a positive number of starts per second")),
+    }
+}
+
+/// `baton chaos`: 0 without violations, 1 with, 2 when the cluster could not be set up, 130 on Ctrl-C or SIGTERM
+/// (the nodes are killed either way: dropping the run kills them).
+async fn chaos(options: ChaosOptions) -> ExitCode {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        eprintln!("baton chaos: cannot install the SIGTERM handler");
+        return ExitCode::from(2);
+    };
+    tokio::select! {
+        result = baton::chaos::run(&options) => match result {
+            Ok(report) if report.violations.is_empty() => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("baton chaos: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("baton chaos: interrupted; killing the cluster's nodes");
+            ExitCode::from(130)
+        }
+        _ = term.recv() => {
+            eprintln!("baton chaos: terminated; killing the cluster's nodes");
+            ExitCode::from(130)
+        }
+    }
+}
+
 fn init_logging() {
     let filter = EnvFilter::try_from_env("BATON_LOG").unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -270,6 +336,9 @@ async fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Cmd::Chaos { duration, fault_interval, faults, rate, report, keep_dir } => {
+            chaos(ChaosOptions { duration, fault_interval, faults, rate, report, keep_dir }).await
         }
         Cmd::Def { nodes, command: DefCmd::Put { files } } => baton::cli::commands::def_put(&nodes.addrs, &files).await,
         Cmd::Workflow { nodes, command } => workflow(&nodes.addrs, command).await,
