@@ -221,7 +221,18 @@ impl Dispatcher {
         };
         request.set_timeout(wait + FORWARD_MARGIN);
         let _gauge = Gauge::enter(&self.forwarded);
-        match client.poll(request).await {
+        // A leader that stops answering without closing the connection (paused, cut off) holds the poll until the
+        // RPC's deadline; once another leader is known, give up on it and ask that one under the same poll id.
+        let mut metrics = self.proposer.metrics();
+        let deposed = metrics.wait_for(|m| m.current_leader.is_some() && m.current_leader != Some(leader));
+        let answer = tokio::select! {
+            answer = client.poll(request) => answer,
+            _ = deposed => {
+                tracing::debug!(leader, "leader changed while it held a forwarded poll; asking the new one");
+                return Forwarded::Lost;
+            }
+        };
+        match answer {
             Ok(reply) => match wire::unpack::<ForwardedPoll>(self.proposer.cluster_id(), reply.get_ref()) {
                 Ok(ForwardedPoll::Tasks(tasks)) => Forwarded::Done(Ok(tasks)),
                 Ok(ForwardedPoll::Failed(e)) => Forwarded::Done(Err(e)),
