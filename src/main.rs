@@ -66,6 +66,10 @@ enum Cmd {
         /// Keep the nodes' data dirs and logs after a clean run (they are always kept after violations).
         #[arg(long)]
         keep_dir: bool,
+        /// Where the nodes run: `loopback` (ports on 127.0.0.1), or `netns` (each node in its own network
+        /// namespace on a bridge; needs root, iproute2 and iptables; the partition-leader fault needs it).
+        #[arg(long, default_value = "loopback", value_parser = ["loopback", "netns"])]
+        network: String,
     },
     /// Cluster-wide commands.
     Cluster {
@@ -337,8 +341,9 @@ async fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Chaos { duration, fault_interval, faults, rate, report, keep_dir } => {
-            chaos(ChaosOptions { duration, fault_interval, faults, rate, report, keep_dir }).await
+        Cmd::Chaos { duration, fault_interval, faults, rate, report, keep_dir, network } => {
+            let namespaces = network == "netns";
+            chaos(ChaosOptions { duration, fault_interval, faults, rate, report, keep_dir, namespaces }).await
         }
         Cmd::Def { nodes, command: DefCmd::Put { files } } => baton::cli::commands::def_put(&nodes.addrs, &files).await,
         Cmd::Workflow { nodes, command } => workflow(&nodes.addrs, command).await,

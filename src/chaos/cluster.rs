@@ -3,6 +3,7 @@
 //! restart, wiping a data dir). Readiness is polled through the gRPC `ClusterService.Status`, never slept for.
 //! Dropping a [`Cluster`] SIGKILLs every node it started, so no error, panic or Ctrl-C leaves processes behind.
 
+use super::netns::Namespaces;
 use std::fs::{self, OpenOptions};
 use std::future::Future;
 use std::io::Write;
@@ -49,6 +50,8 @@ pub struct NodeProcess {
 pub struct Cluster {
     exe: PathBuf,
     nodes: Vec<NodeProcess>,
+    /// With `--network netns`: the namespaces the nodes run in (dropped after the nodes are stopped).
+    network: Option<Namespaces>,
 }
 
 /// `n` distinct free loopback ports (all listeners held until all are picked, so none is handed out twice).
@@ -83,13 +86,25 @@ fn render_config(id: u64, data_dir: &Path, members: &[(u64, String, String)]) ->
 }
 
 impl Cluster {
-    /// Writes the three nodes' configs under `dir` and starts the nodes (without waiting for them).
-    pub fn start(dir: &Path) -> anyhow::Result<Cluster> {
+    /// Writes the three nodes' configs under `dir` and starts the nodes (without waiting for them): on loopback
+    /// ports, or each in its own network namespace when `namespaces` is set.
+    pub fn start(dir: &Path, namespaces: bool) -> anyhow::Result<Cluster> {
         let exe = std::env::current_exe().context("locating the baton binary")?;
-        let ports = free_ports(6)?;
-        let members: Vec<(u64, String, String)> = (0..3)
-            .map(|i| (i as u64 + 1, format!("127.0.0.1:{}", ports[2 * i]), format!("127.0.0.1:{}", ports[2 * i + 1])))
-            .collect();
+        let ids = [1u64, 2, 3];
+        let network = if namespaces { Some(Namespaces::create(&ids)?) } else { None };
+        let members: Vec<(u64, String, String)> = match &network {
+            Some(ns) => ids
+                .iter()
+                .map(|&id| (id, format!("{}:7001", ns.node_ip(id)), format!("{}:8081", ns.node_ip(id))))
+                .collect(),
+            None => {
+                let ports = free_ports(6)?;
+                ids.iter()
+                    .zip(ports.chunks(2))
+                    .map(|(&id, p)| (id, format!("127.0.0.1:{}", p[0]), format!("127.0.0.1:{}", p[1])))
+                    .collect()
+            }
+        };
         let mut nodes = Vec::new();
         for (id, grpc_addr, _) in &members {
             let data_dir = dir.join(format!("node{id}"));
@@ -108,7 +123,7 @@ impl Cluster {
                 child: None,
             });
         }
-        let mut cluster = Cluster { exe, nodes };
+        let mut cluster = Cluster { exe, nodes, network };
         for id in cluster.ids() {
             cluster.spawn(id)?;
         }
@@ -147,6 +162,15 @@ impl Cluster {
     /// Starts node `id` with its config (and whatever its data dir holds). Does not wait for it.
     pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let exe = self.exe.clone();
+        let mut command = match &self.network {
+            // `ip netns exec` execs the node in place: the child's pid is the node's, for the signals.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.namespace(id)]).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
         let node = self.node_mut(id)?;
         if node.child.is_some() {
             bail!("node {id} is already running");
@@ -162,7 +186,6 @@ impl Cluster {
             exe.display(),
             node.config_path.display()
         )?;
-        let mut command = Command::new(&exe);
         command
             .arg("server")
             .arg("--config")
@@ -214,6 +237,23 @@ impl Cluster {
     pub fn resume(&self, id: u64) -> anyhow::Result<()> {
         kill(self.pid(id)?, Signal::SIGCONT).with_context(|| format!("SIGCONT to node {id}"))?;
         self.note(id, "SIGCONT");
+        Ok(())
+    }
+
+    /// Cuts node `id` off from the other nodes (not from this runner); needs `--network netns`.
+    pub fn partition(&self, id: u64) -> anyhow::Result<()> {
+        let ns =
+            self.network.as_ref().context("a partition needs the nodes in network namespaces (--network netns)")?;
+        ns.cut_off(id).with_context(|| format!("cutting node {id} off"))?;
+        self.note(id, "cut off from the other nodes");
+        Ok(())
+    }
+
+    /// Ends node `id`'s partition.
+    pub fn heal(&self, id: u64) -> anyhow::Result<()> {
+        let ns = self.network.as_ref().context("no network namespaces")?;
+        ns.heal(id).with_context(|| format!("healing node {id}'s partition"))?;
+        self.note(id, "partition healed");
         Ok(())
     }
 
@@ -278,8 +318,13 @@ impl Cluster {
 
     /// Waits until exactly one live node is leader and every live node names it; answers its id.
     pub async fn wait_leader(&self, deadline: Instant) -> anyhow::Result<u64> {
+        self.wait_leader_among(&self.live(), deadline).await
+    }
+
+    /// [`Cluster::wait_leader`] among the nodes `ids` only (the side of a partition).
+    pub async fn wait_leader_among(&self, ids: &[u64], deadline: Instant) -> anyhow::Result<u64> {
         poll_until(deadline, || async {
-            let statuses = self.live_statuses().await;
+            let statuses = futures::future::join_all(ids.iter().map(|id| self.status(*id))).await;
             let leaders: Vec<u64> =
                 statuses.iter().flatten().filter(|s| s.role == "leader").map(|s| s.node_id).collect();
             match leaders[..] {

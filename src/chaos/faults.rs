@@ -33,6 +33,8 @@ const RECOVERY_DEADLINE: Duration = Duration::from_secs(30);
 const DISPATCH_DEADLINE: Duration = Duration::from_secs(20);
 /// How soon, after a leader is killed, the two survivors must agree on a new one.
 const FAILOVER_DEADLINE: Duration = Duration::from_secs(5);
+/// How long the cut-off leader stays cut off once the others have elected a new leader.
+const PARTITION_FOR: Duration = Duration::from_secs(2);
 /// How long a doomed worker may wait for a task to die holding.
 const HOLD_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -54,11 +56,14 @@ pub enum FaultKind {
     WipeFollower,
     /// Abort an in-process worker while it holds tasks; start a replacement.
     KillWorker,
+    /// Cut the leader off from the other nodes (they elect another and carry on), then heal the partition: the
+    /// old leader must step down and catch up. Needs `--network netns`.
+    PartitionLeader,
 }
 
 impl FaultKind {
     /// Every kind, in the default cycle's order.
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 8] = [
         FaultKind::KillLeader,
         FaultKind::KillFollower,
         FaultKind::PauseLeader,
@@ -66,6 +71,7 @@ impl FaultKind {
         FaultKind::RestartAll,
         FaultKind::WipeFollower,
         FaultKind::KillWorker,
+        FaultKind::PartitionLeader,
     ];
 
     /// The name used on the command line and in reports.
@@ -78,6 +84,7 @@ impl FaultKind {
             FaultKind::RestartAll => "restart-all",
             FaultKind::WipeFollower => "wipe-follower",
             FaultKind::KillWorker => "kill-worker",
+            FaultKind::PartitionLeader => "partition-leader",
         }
     }
 }
@@ -210,6 +217,31 @@ pub async fn inject(kind: FaultKind, t: Target<'_>, violations: &mut Vec<Violati
                 restarted.push(id);
             }
             (at, "all nodes killed".to_string())
+        }
+        FaultKind::PartitionLeader => {
+            cluster.partition(leader)?;
+            let at = Instant::now();
+            let others: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != leader).collect();
+            let next = match cluster.wait_leader_among(&others, at + FAILOVER_DEADLINE).await {
+                Ok(next) => Some(next),
+                Err(e) => {
+                    let detail = format!(
+                        "the majority elected no leader within {FAILOVER_DEADLINE:?} of cutting off n{leader}: {e:#}"
+                    );
+                    violations.push(Violation::new("leader-election", detail));
+                    None
+                }
+            };
+            tokio::time::sleep(PARTITION_FOR).await;
+            cluster.heal(leader)?;
+            let next = next.map_or("?".to_string(), |n| n.to_string());
+            (
+                at,
+                format!(
+                    "n{leader} cut off for {} ms after n{next} was elected, then healed",
+                    PARTITION_FOR.as_millis()
+                ),
+            )
         }
         FaultKind::KillWorker => {
             let (worker, held) = workers.kill_one_holding(Instant::now() + HOLD_DEADLINE).await;

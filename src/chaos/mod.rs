@@ -14,6 +14,7 @@ pub mod checks;
 pub mod cluster;
 pub mod faults;
 pub mod load;
+pub mod netns;
 pub mod report;
 
 use std::path::PathBuf;
@@ -54,6 +55,8 @@ pub struct ChaosOptions {
     pub report: Option<PathBuf>,
     /// Keep the nodes' data dirs and logs even after a clean run.
     pub keep_dir: bool,
+    /// Run each node in its own network namespace (root only), which the partition fault needs.
+    pub namespaces: bool,
 }
 
 /// Parses a duration such as `90s`, `5m`, `500ms`, `1h` or `1m30s` (humantime's syntax).
@@ -119,9 +122,12 @@ async fn inject_faults(
 /// set up; everything the cluster does wrong afterwards is a violation in the report. The nodes are SIGKILLed
 /// when this returns, fails, panics, or is dropped (Ctrl-C).
 pub async fn run(options: &ChaosOptions) -> anyhow::Result<Report> {
+    if options.faults.contains(&FaultKind::PartitionLeader) && !options.namespaces {
+        anyhow::bail!("the partition-leader fault needs the nodes in network namespaces: add --network netns (root)");
+    }
     let dir = fresh_dir()?;
     println!("[chaos] directory {}", dir.display());
-    let mut cluster = Cluster::start(&dir)?;
+    let mut cluster = Cluster::start(&dir, options.namespaces)?;
     let leader = cluster.wait_leader(Instant::now() + STARTUP_DEADLINE).await.context("the fresh cluster")?;
     println!("[chaos] three nodes up, n{leader} leads");
     let client = Arc::new(Client::new(cluster.grpc_addrs())?);
@@ -260,7 +266,7 @@ mod tests {
         for kind in FaultKind::ALL {
             assert_eq!(kind.name().parse::<FaultKind>(), Ok(kind));
         }
-        let refusal = "partition".parse::<FaultKind>().expect_err("partition is not a fault kind");
+        let refusal = "partition".parse::<FaultKind>().expect_err("partition alone is not a fault kind");
         assert!(refusal.contains("kill-leader"), "{refusal}");
     }
 }
