@@ -157,6 +157,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
                 proposer.clone(),
                 dispatcher.clone(),
                 &config.cluster_id,
+                Duration::from_millis(config.raft.election_timeout_min_ms),
             ))
             .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),

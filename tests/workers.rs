@@ -582,3 +582,68 @@ async fn a_poll_on_a_node_without_a_leader_answers_unavailable() -> Result<()> {
     cluster.pass();
     Ok(())
 }
+
+/// Regression (found by `baton chaos`, pause-leader): a poll a follower forwarded to a leader that then stopped
+/// (SIGSTOP) stayed parked on it until it resumed, so no task was handed out through that follower while the
+/// others had long elected a new leader. Now the follower re-sends the poll as soon as it knows another leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_poll_held_by_a_paused_leader_is_resent_to_the_next_one() -> Result<()> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let cluster = Cluster::start(3).await?;
+    let leader = cluster.leader().await?;
+    let followers: Vec<&Node> = cluster.nodes().iter().filter(|n| n.id != leader).collect();
+    setup(followers[0], 30).await?;
+    cluster.wait_converged().await?;
+
+    let mut tasks = TaskServiceClient::new(channel(&followers[0].grpc_addr)?);
+    let poll = PollRequest {
+        task_type: "add_one".into(),
+        worker_id: "patient".into(),
+        count: 1,
+        timeout_ms: 25_000,
+        domain: String::new(),
+        poll_id: String::new(),
+    };
+    let waiting = tokio::spawn(async move { tasks.poll(poll).await });
+    wait_until(secs(5), "the poll to be parked on the leader", || async {
+        let status = get(followers[0], "/api/cluster/status").await?.ok()?.json()?;
+        ensure!(status["polls_forwarded"] == 1, "forwarded: {}", status["polls_forwarded"]);
+        Ok(())
+    })
+    .await?;
+
+    let paused = Pid::from_raw(i32::try_from(cluster.node(leader).pid().context("leader pid")?)?);
+    kill(paused, Signal::SIGSTOP)?;
+    let outcome = async {
+        let next = wait_until(secs(10), "the other two to agree on a new leader", || async {
+            let (a, b) = (followers[0].status().await?, followers[1].status().await?);
+            match (a.leader_id, b.leader_id) {
+                (Some(x), Some(y)) if x == y && x != leader => Ok(x),
+                _ => bail!("n{} names {:?}, n{} names {:?}", a.node_id, a.leader_id, b.node_id, b.leader_id),
+            }
+        })
+        .await?;
+        let mut wf_client = WorkflowServiceClient::new(channel(&followers[1].grpc_addr)?);
+        let req = StartWorkflowRequest {
+            name: "math".into(),
+            input_json: json!({"x": 1}).to_string(),
+            ..Default::default()
+        };
+        let id = wf_client.start(req).await?.into_inner().workflow_id;
+        // The old leader is still stopped: the task can only come from n{next}.
+        let got = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .context("the poll stayed parked on the paused leader")?
+            .context("poll task")??
+            .into_inner()
+            .tasks;
+        ensure!(got.len() == 1 && got[0].workflow_id == id, "n{next} answered {got:?}");
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    kill(paused, Signal::SIGCONT)?;
+    outcome?;
+    cluster.pass();
+    Ok(())
+}
