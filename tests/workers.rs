@@ -625,11 +625,8 @@ async fn a_forwarded_poll_held_by_a_paused_leader_is_resent_to_the_next_one() ->
         })
         .await?;
         let mut wf_client = WorkflowServiceClient::new(channel(&followers[1].grpc_addr)?);
-        let req = StartWorkflowRequest {
-            name: "math".into(),
-            input_json: json!({"x": 1}).to_string(),
-            ..Default::default()
-        };
+        let req =
+            StartWorkflowRequest { name: "math".into(), input_json: json!({"x": 1}).to_string(), ..Default::default() };
         let id = wf_client.start(req).await?.into_inner().workflow_id;
         // The old leader is still stopped: the task can only come from n{next}.
         let got = tokio::time::timeout(Duration::from_secs(10), waiting)

@@ -70,7 +70,8 @@ impl PeerService {
         tokio::spawn(async move {
             tracing::info!("a candidate with a shorter log stood while the leader is silent: standing at once");
             for _ in 0..2 {
-                if raft.metrics().borrow().state == openraft::ServerState::Leader || raft.trigger().elect().await.is_err() {
+                let leading = raft.metrics().borrow().state == openraft::ServerState::Leader;
+                if leading || raft.trigger().elect().await.is_err() {
                     return;
                 }
                 // The first attempt meets the candidate's own vote in its term; the second opens the next term.
