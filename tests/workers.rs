@@ -628,8 +628,10 @@ async fn a_forwarded_poll_held_by_a_paused_leader_is_resent_to_the_next_one() ->
         let req =
             StartWorkflowRequest { name: "math".into(), input_json: json!({"x": 1}).to_string(), ..Default::default() };
         let id = wf_client.start(req).await?.into_inner().workflow_id;
-        // The old leader is still stopped: the task can only come from n{next}.
-        let got = tokio::time::timeout(Duration::from_secs(10), waiting)
+        // The old leader is still stopped: the task can only come from n{next}, and at once: the follower already
+        // knows n{next}. (Without the re-send, the poll comes free only when HTTP/2 keep-alive gives up on the
+        // stopped leader, 3-6 s.)
+        let got = tokio::time::timeout(Duration::from_secs(2), waiting)
             .await
             .context("the poll stayed parked on the paused leader")?
             .context("poll task")??
