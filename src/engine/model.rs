@@ -192,6 +192,18 @@ pub struct Task {
 }
 
 impl Task {
+    /// A worker took this attempt at `now_ms`: IN_PROGRESS, visible to no one else, started (once), polled once more.
+    pub fn mark_taken(&mut self, now_ms: u64, worker_id: &str) {
+        self.status = TaskStatus::InProgress;
+        if self.start_time == 0 {
+            self.start_time = now_ms;
+        }
+        self.update_time = now_ms;
+        self.poll_count += 1;
+        self.visible_from = 0;
+        self.worker_id = Some(worker_id.to_string());
+    }
+
     /// Turns this (copy of a) task into a fresh SCHEDULED attempt at `now_ms`: no output, reason, worker, times,
     /// polls, finishing lease or log; the caller sets what distinguishes the attempt (retry count, id, input, visibility).
     pub fn reset_for_new_attempt(&mut self, now_ms: u64) {

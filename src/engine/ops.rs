@@ -150,14 +150,7 @@ impl<S: StateView> Exec<'_, S> {
         if t.status.is_terminal() {
             return Ok(Err(Refusal::Conflict(format!("task {task_id} is {}", t.status.as_str()))));
         }
-        t.status = TaskStatus::InProgress;
-        if t.start_time == 0 {
-            t.start_time = now;
-        }
-        t.update_time = now;
-        t.poll_count += 1;
-        t.visible_from = 0;
-        t.worker_id = Some(worker_id.to_string());
+        t.mark_taken(now, worker_id);
         Ok(Ok(()))
     }
 
@@ -206,15 +199,8 @@ impl<S: StateView> Exec<'_, S> {
             *granted_types.entry(task.task_type.clone()).or_insert(0) += 1;
             let Some(wf) = self.workflow(&r.workflow_id)? else { continue };
             let t = &mut wf.tasks[i];
-            t.status = TaskStatus::InProgress;
-            if t.start_time == 0 {
-                t.start_time = now;
-            }
-            t.update_time = now;
-            t.poll_count += 1;
+            t.mark_taken(now, worker_id);
             t.callback_after_seconds = 0;
-            t.visible_from = 0;
-            t.worker_id = Some(worker_id.to_string());
             t.poll_id = poll_id.map(str::to_string);
             t.lease_seq += 1;
             granted.push(LeaseGrant {
