@@ -34,6 +34,30 @@ async fn setup(via: &Node, response_timeout_s: u64) -> Result<()> {
     Ok(())
 }
 
+/// The completion of a polled task under its lease.
+fn completed(task: &baton::pb::v1::WorkerTask, output: Value) -> UpdateTaskRequest {
+    UpdateTaskRequest {
+        workflow_id: task.workflow_id.clone(),
+        task_id: task.task_id.clone(),
+        lease_token: task.lease_token.clone(),
+        status: TaskResultStatus::Completed as i32,
+        output_json: output.to_string(),
+        ..Default::default()
+    }
+}
+
+/// One long poll for an `add_one` task (`poll_id` empty: none).
+fn poll_one(worker: &str, timeout_ms: u32, poll_id: &str) -> PollRequest {
+    PollRequest {
+        task_type: "add_one".into(),
+        worker_id: worker.into(),
+        count: 1,
+        timeout_ms,
+        domain: String::new(),
+        poll_id: poll_id.into(),
+    }
+}
+
 fn compute(task_type: &str, x: i64) -> i64 {
     match task_type {
         "add_one" => x + 1,
@@ -112,13 +136,8 @@ async fn worker(addrs: Vec<String>, start: usize, name: String, stop: Arc<Atomic
                 let input: Value = serde_json::from_str(&t.input_json).unwrap_or_default();
                 let x = input["x"].as_i64().unwrap_or(0);
                 unreported.push(UpdateTaskRequest {
-                    workflow_id: t.workflow_id.clone(),
-                    task_id: t.task_id.clone(),
-                    lease_token: t.lease_token.clone(),
-                    status: TaskResultStatus::Completed as i32,
-                    output_json: json!({"x": compute(&t.task_type, x)}).to_string(),
                     worker_id: name.clone(),
-                    ..Default::default()
+                    ..completed(&t, json!({"x": compute(&t.task_type, x)}))
                 });
             }
             while let Some(update) = unreported.pop() {
@@ -271,14 +290,7 @@ async fn a_dead_workers_task_is_handed_out_again_and_its_late_completion_is_refu
     let id = wf_client.start(req).await?.into_inner().workflow_id;
 
     let mut tasks = TaskServiceClient::new(channel(&node.grpc_addr)?);
-    let poll = |worker: &str| PollRequest {
-        task_type: "add_one".into(),
-        worker_id: worker.into(),
-        count: 1,
-        timeout_ms: 5000,
-        domain: String::new(),
-        poll_id: String::new(),
-    };
+    let poll = |worker: &str| poll_one(worker, 5000, "");
     let held = tasks.poll(poll("doomed")).await?.into_inner().tasks;
     ensure!(held.len() == 1, "the first worker got {held:?}");
     let held = &held[0];
@@ -290,24 +302,10 @@ async fn a_dead_workers_task_is_handed_out_again_and_its_late_completion_is_refu
     ensure!(again.task_id != held.task_id && again.retry_count == 1, "expected the retry, got {again:?}");
     println!("task handed out again {:?} after the holder went silent", started.elapsed());
 
-    let late = UpdateTaskRequest {
-        workflow_id: id.clone(),
-        task_id: held.task_id.clone(),
-        lease_token: held.lease_token.clone(),
-        status: TaskResultStatus::Completed as i32,
-        output_json: json!({"x": 999}).to_string(),
-        ..Default::default()
-    };
+    let late = completed(held, json!({"x": 999}));
     let refused = tasks.update_task(late).await.expect_err("a late completion must be refused");
     ensure!(refused.code() == tonic::Code::FailedPrecondition, "{refused:?}");
-    let ok = UpdateTaskRequest {
-        workflow_id: id.clone(),
-        task_id: again.task_id.clone(),
-        lease_token: again.lease_token.clone(),
-        status: TaskResultStatus::Completed as i32,
-        output_json: json!({"x": 2}).to_string(),
-        ..Default::default()
-    };
+    let ok = completed(again, json!({"x": 2}));
     tasks.update_task(ok.clone()).await?;
     tasks.update_task(ok).await.context("the same completion repeated is acknowledged")?;
     let wf = get(node, &format!("/api/workflow/{id}")).await?.ok()?.json()?;
@@ -360,14 +358,7 @@ async fn a_push_stream_sends_ready_tasks_up_to_the_credits_granted() -> Result<(
     let ids: std::collections::BTreeSet<_> = got.iter().map(|t| t.workflow_id.clone()).collect();
     ensure!(ids.len() == 3, "three different workflows' tasks: {got:?}");
     for t in &got {
-        let update = UpdateTaskRequest {
-            workflow_id: t.workflow_id.clone(),
-            task_id: t.task_id.clone(),
-            lease_token: t.lease_token.clone(),
-            status: TaskResultStatus::Completed as i32,
-            output_json: json!({"x": 0}).to_string(),
-            ..Default::default()
-        };
+        let update = completed(t, json!({"x": 0}));
         tasks.update_task(update).await.context("a pushed task's lease is valid")?;
     }
     drop(tx);
@@ -386,14 +377,7 @@ async fn a_long_poll_on_a_follower_outlives_the_leader_and_gets_a_task_from_the_
     cluster.wait_converged().await?;
 
     let mut tasks = TaskServiceClient::new(channel(&follower.grpc_addr)?);
-    let poll = PollRequest {
-        task_type: "add_one".into(),
-        worker_id: "patient".into(),
-        count: 1,
-        timeout_ms: 20_000,
-        domain: String::new(),
-        poll_id: String::new(),
-    };
+    let poll = poll_one("patient", 20_000, "");
     let waiting = tokio::spawn(async move { tasks.poll(poll).await });
     // The poll is parked on the leader, forwarded by the follower, before the leader dies: nothing is ready yet.
     let gauge = |node: &Node, field: &'static str| {
@@ -511,14 +495,7 @@ async fn a_poll_repeated_under_its_id_after_the_leader_dies_gets_back_its_tasks(
         StartWorkflowRequest { name: "math".into(), input_json: json!({"x": 5}).to_string(), ..Default::default() };
     let id = wf_client.start(req).await?.into_inner().workflow_id;
 
-    let poll = |poll_id: &str| PollRequest {
-        task_type: "add_one".into(),
-        worker_id: "w".into(),
-        count: 1,
-        timeout_ms: 5000,
-        domain: String::new(),
-        poll_id: poll_id.into(),
-    };
+    let poll = |poll_id: &str| poll_one("w", 5000, poll_id);
     // The answer arrives here, but stands for one the worker never saw (the leader died as it was sent).
     let mut on_leader = TaskServiceClient::new(channel(&cluster.node(leader).grpc_addr)?);
     let lost = on_leader.poll(poll("poll-1")).await?.into_inner().tasks;
@@ -541,14 +518,7 @@ async fn a_poll_repeated_under_its_id_after_the_leader_dies_gets_back_its_tasks(
     // A new poll does not get the task a second time: it is leased.
     let fresh = elsewhere.poll(PollRequest { timeout_ms: 300, ..poll("poll-2") }).await?.into_inner().tasks;
     ensure!(fresh.is_empty(), "a new poll got a leased task: {fresh:?}");
-    let done = UpdateTaskRequest {
-        workflow_id: id.clone(),
-        task_id: again[0].task_id.clone(),
-        lease_token: again[0].lease_token.clone(),
-        status: TaskResultStatus::Completed as i32,
-        output_json: json!({"x": 6}).to_string(),
-        ..Default::default()
-    };
+    let done = completed(&again[0], json!({"x": 6}));
     elsewhere.update_task(done).await.context("the recovered lease is the valid one")?;
     cluster.pass();
     Ok(())
@@ -566,14 +536,7 @@ async fn a_poll_on_a_node_without_a_leader_answers_unavailable() -> Result<()> {
         n.kill()?;
     }
     let mut tasks = TaskServiceClient::new(channel(&follower.grpc_addr)?);
-    let poll = PollRequest {
-        task_type: "add_one".into(),
-        worker_id: "w".into(),
-        count: 1,
-        timeout_ms: 1000,
-        domain: String::new(),
-        poll_id: String::new(),
-    };
+    let poll = poll_one("w", 1000, "");
     let started = Instant::now();
     let answer = tokio::time::timeout(Duration::from_secs(15), tasks.poll(poll)).await.context("the poll hung")?;
     let status = answer.expect_err("a node without a leader must not answer a poll with success");
@@ -597,14 +560,7 @@ async fn a_forwarded_poll_held_by_a_paused_leader_is_resent_to_the_next_one() ->
     cluster.wait_converged().await?;
 
     let mut tasks = TaskServiceClient::new(channel(&followers[0].grpc_addr)?);
-    let poll = PollRequest {
-        task_type: "add_one".into(),
-        worker_id: "patient".into(),
-        count: 1,
-        timeout_ms: 25_000,
-        domain: String::new(),
-        poll_id: String::new(),
-    };
+    let poll = poll_one("patient", 25_000, "");
     let waiting = tokio::spawn(async move { tasks.poll(poll).await });
     wait_until(secs(5), "the poll to be parked on the leader", || async {
         let status = get(followers[0], "/api/cluster/status").await?.ok()?.json()?;
