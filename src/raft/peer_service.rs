@@ -62,8 +62,13 @@ impl PeerService {
         let Ok(response) = response else { return };
         let candidate_behind = !response.vote_granted && response.last_log_id > request.last_log_id;
         let silent = self.last_heard.lock().map(|t| t.elapsed() >= self.leader_silent_after).unwrap_or(false);
-        let newer_term = request.vote.leader_id.term > self.raft.metrics().borrow().current_term;
-        if !(candidate_behind && silent && newer_term) {
+        let (newer_term, leading) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            (request.vote.leader_id.term > m.current_term, m.state == openraft::ServerState::Leader)
+        };
+        // A leader hears no AppendEntries, so `silent` says nothing there; and a leader does not stand anyway.
+        if leading || !(candidate_behind && silent && newer_term) {
             return;
         }
         let raft = self.raft.clone();
