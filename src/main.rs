@@ -209,6 +209,10 @@ enum ClusterCmd {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Have every node recompute its state hash from a full scan of its state (slow on a large state); fails
+        /// unless every node answers and agrees with its own running hash.
+        #[arg(long)]
+        verify: bool,
     },
 }
 
@@ -351,8 +355,8 @@ async fn main() -> ExitCode {
             init_logging();
             baton::cli::commands::worker_exec(&nodes.addrs, task_type, concurrency, command).await
         }
-        Cmd::Cluster { command: ClusterCmd::Status { addrs, json } } => {
-            let replies = baton::cli::status::fetch_all(&addrs).await;
+        Cmd::Cluster { command: ClusterCmd::Status { addrs, json, verify } } => {
+            let replies = baton::cli::status::fetch_all(&addrs, verify).await;
             if json {
                 let out: Vec<_> = replies
                     .iter()
@@ -365,7 +369,9 @@ async fn main() -> ExitCode {
             } else {
                 println!("{}", baton::cli::status::render(&replies));
             }
-            if replies.iter().any(|(_, r)| r.is_ok()) {
+            let answered =
+                if verify { replies.iter().all(|(_, r)| r.is_ok()) } else { replies.iter().any(|(_, r)| r.is_ok()) };
+            if answered {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -73,8 +73,11 @@ async fn grpc_metadata_through_followers_with_status_codes() -> Result<()> {
 
     // ClusterService agrees with the HTTP status.
     let mut cluster_client = ClusterServiceClient::new(baton::raft::network::channel(&followers[1].grpc_addr)?);
-    let status = cluster_client.status(StatusRequest {}).await?.into_inner();
+    let status = cluster_client.status(StatusRequest { verify: false }).await?.into_inner();
     ensure!(status.role == "follower" && status.leader_id == leader && status.members.len() == 3, "{status:?}");
+    // verify recomputes the hash from a full scan: same hash, as long as nothing was applied in between.
+    let verified = cluster_client.status(StatusRequest { verify: true }).await?.into_inner();
+    ensure!(verified.last_applied != status.last_applied || verified.state_hash == status.state_hash, "{verified:?}");
     cluster.pass();
     Ok(())
 }
@@ -84,14 +87,12 @@ async fn cluster_status_cli_lists_every_member_and_marks_the_dead_one() -> Resul
     let cluster = Cluster::start(3).await?;
     let leader = cluster.leader_by(secs(5)).await?;
     cluster.wait_converged().await?;
-    let run = |addr: String, json: bool| async move {
+    let run_with = |addr: String, flags: &'static [&'static str]| async move {
         let mut cmd = tokio::process::Command::new(support::BIN);
-        cmd.args(["cluster", "status", "--addr", &addr]);
-        if json {
-            cmd.arg("--json");
-        }
+        cmd.args(["cluster", "status", "--addr", &addr]).args(flags);
         cmd.output().await.context("running baton cluster status")
     };
+    let run = |addr: String, json: bool| run_with(addr, if json { &["--json"] } else { &[] });
     let out = run(cluster.node(1).grpc_addr.clone(), true).await?;
     ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
@@ -101,6 +102,12 @@ async fn cluster_status_cli_lists_every_member_and_marks_the_dead_one() -> Resul
     let leaders: Vec<_> = rows.iter().filter(|r| r["role"] == "leader").collect();
     ensure!(leaders.len() == 1 && leaders[0]["node_id"] == leader, "{rows:?}");
 
+    // --verify: every node confirms its running state hash by a full scan; all answer, so it succeeds.
+    let out = run_with(cluster.node(1).grpc_addr.clone(), &["--json", "--verify"]).await?;
+    ensure!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
+    ensure!(rows.iter().all(|r| r["state_hash"].as_str().is_some_and(|h| h.len() == 64)), "{rows:?}");
+
     let follower = cluster.nodes().iter().find(|n| n.id != leader).context("a follower")?;
     follower.kill()?;
     let out = run(cluster.node(leader).grpc_addr.clone(), false).await?;
@@ -108,6 +115,9 @@ async fn cluster_status_cli_lists_every_member_and_marks_the_dead_one() -> Resul
     ensure!(out.status.success(), "{table}");
     ensure!(table.contains("unreachable") && table.contains(&follower.grpc_addr), "{table}");
     ensure!(table.matches("leader").count() >= 1 && table.contains("follower"), "{table}");
+    // --verify fails when a member does not answer: the check was not made everywhere.
+    let out = run_with(cluster.node(leader).grpc_addr.clone(), &["--verify"]).await?;
+    ensure!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     cluster.pass();
     Ok(())
 }

@@ -34,8 +34,9 @@ impl ClusterGrpc {
 
 #[tonic::async_trait]
 impl ClusterService for ClusterGrpc {
-    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::NodeStatus>, Status> {
-        let status = NodeStatus::collect(&self.raft, &self.reader, &self.dispatcher, &self.cluster_id).await?;
+    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::NodeStatus>, Status> {
+        let verify = request.into_inner().verify;
+        let status = NodeStatus::collect(&self.raft, &self.reader, &self.dispatcher, &self.cluster_id, verify).await?;
         Ok(Response::new(status.into()))
     }
 }

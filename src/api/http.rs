@@ -87,8 +87,18 @@ fn not_ready(reason: String) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"ready": false, "reason": reason}))).into_response()
 }
 
-async fn cluster_status(State(state): State<HttpState>) -> Result<Json<NodeStatus>, ApiError> {
-    Ok(Json(NodeStatus::collect(&state.raft, &state.reader, &state.dispatcher, &state.cluster_id).await?))
+#[derive(Debug, Deserialize)]
+struct StatusParams {
+    /// Recompute the state hash from a full scan and fail if it disagrees with the running one.
+    verify: Option<bool>,
+}
+
+async fn cluster_status(
+    State(state): State<HttpState>,
+    Query(params): Query<StatusParams>,
+) -> Result<Json<NodeStatus>, ApiError> {
+    let verify = params.verify.unwrap_or(false);
+    Ok(Json(NodeStatus::collect(&state.raft, &state.reader, &state.dispatcher, &state.cluster_id, verify).await?))
 }
 
 #[derive(Debug, Deserialize)]

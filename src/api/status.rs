@@ -40,7 +40,7 @@ pub struct NodeStatus {
     pub last_applied: u64,
     /// Index of the last entry known committed.
     pub committed_index: u64,
-    /// Hex SHA-256 of the state machine's contents at `last_applied`.
+    /// Hex digest of the state machine's contents at `last_applied` (see `storage::digest`).
     pub state_hash: String,
     /// Last index covered by this node's current snapshot (0 when none).
     pub snapshot_index: u64,
@@ -57,19 +57,28 @@ pub struct NodeStatus {
 }
 
 impl NodeStatus {
-    /// Collects this node's status.
+    /// Collects this node's status. With `verify`, the state hash is also recomputed from a full scan of the state
+    /// (in a blocking thread) and a disagreement is an error.
     pub async fn collect(
         raft: &Raft,
         reader: &StateReader,
         dispatcher: &Dispatcher,
         cluster_id: &str,
+        verify: bool,
     ) -> Result<NodeStatus, ApiError> {
         let metrics = raft.metrics().borrow().clone();
         let committed_index = raft
             .with_raft_state(|st| st.committed.map_or(0, |id| id.index))
             .await
             .map_err(|e| ApiError::Unavailable(format!("raft is not running: {e}")))?;
-        let hash = reader.state_hash()?;
+        let hash = if verify {
+            let reader = reader.clone();
+            tokio::task::spawn_blocking(move || reader.verified_state_hash())
+                .await
+                .map_err(|e| ApiError::Internal(format!("state hash verification panicked: {e}")))??
+        } else {
+            reader.state_hash()?
+        };
         let role = match metrics.state {
             ServerState::Leader => "leader",
             ServerState::Follower => "follower",

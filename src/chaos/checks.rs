@@ -53,7 +53,7 @@ pub type LeadersByTerm = Arc<Mutex<BTreeMap<u64, BTreeSet<u64>>>>;
 /// which term.
 pub async fn sample_leaders(channels: Vec<Channel>, leaders: LeadersByTerm, stop: CancellationToken) {
     while !stop.is_cancelled() {
-        let statuses = futures::future::join_all(channels.iter().map(|c| status_of(c.clone()))).await;
+        let statuses = futures::future::join_all(channels.iter().map(|c| status_of(c.clone(), false))).await;
         {
             let mut leaders = leaders.lock().unwrap_or_else(|e| e.into_inner());
             for s in statuses.iter().flatten().filter(|s| s.role == "leader") {
@@ -289,8 +289,41 @@ pub async fn check_listing(client: &Client) -> Vec<Violation> {
 // ------------------------------------------------------------------------------------------------- replicas
 
 /// Waits until every live node has the same last_applied, at least everything any of them reports committed, and
-/// the same state hash; equal last_applied with different hashes is divergence (waiting cannot cure it).
+/// the same state hash; equal last_applied with different hashes is divergence (waiting cannot cure it). Then has
+/// every node recompute its hash from a full scan of its state, so a running hash that drifted from the contents
+/// cannot hide a divergence.
 pub async fn check_convergence(cluster: &Cluster, deadline: Instant) -> Result<Vec<NodeStatus>, Violation> {
+    loop {
+        let agreed = wait_same_hash(cluster, deadline).await?;
+        let verified = futures::future::join_all(agreed.iter().map(|s| cluster.verified_status(s.node_id))).await;
+        let mut statuses = Vec::with_capacity(verified.len());
+        for (status, reply) in agreed.iter().zip(verified) {
+            match reply {
+                Ok(s) => statuses.push(s),
+                Err(e) => {
+                    let detail = format!("node {}: state hash not confirmed by a full scan: {e}", status.node_id);
+                    return Err(Violation::new("divergence", detail));
+                }
+            }
+        }
+        // A timer may have applied an entry between the two rounds; then agree again.
+        let first = &statuses[0];
+        if statuses.iter().all(|s| s.last_applied == first.last_applied && s.state_hash == first.state_hash) {
+            return Ok(statuses);
+        }
+        if Instant::now() >= deadline {
+            let detail = format!("replicas moved while their hashes were verified: {}", summary_ok(&statuses));
+            return Err(Violation::new("no-convergence", detail));
+        }
+    }
+}
+
+fn summary_ok(statuses: &[NodeStatus]) -> String {
+    summary(&statuses.iter().cloned().map(Ok).collect::<Vec<_>>())
+}
+
+/// The first half of [`check_convergence`]: equal applied index and running hash everywhere.
+async fn wait_same_hash(cluster: &Cluster, deadline: Instant) -> Result<Vec<NodeStatus>, Violation> {
     let agreed = poll_until(deadline, || async {
         let statuses = cluster.live_statuses().await;
         let ok: Vec<NodeStatus> = statuses.iter().flatten().cloned().collect();

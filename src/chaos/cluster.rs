@@ -23,6 +23,8 @@ use crate::pb::v1::StatusRequest;
 
 /// Longest a status request may take; a SIGSTOPped node never answers, so this bounds every probe.
 const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a node may take to answer a status request that recomputes its state hash from a full scan.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often [`poll_until`] re-checks.
 const PROBE_INTERVAL: Duration = Duration::from_millis(25);
 /// Lines of each node's log shown when a run fails.
@@ -308,7 +310,13 @@ impl Cluster {
     /// Node `id`'s status, or why it could not be had.
     pub async fn status(&self, id: u64) -> Result<NodeStatus, String> {
         let node = self.node(id).map_err(|e| e.to_string())?;
-        status_of(node.channel.clone()).await
+        status_of(node.channel.clone(), false).await
+    }
+
+    /// Node `id`'s status with its state hash checked against a full scan of its state.
+    pub async fn verified_status(&self, id: u64) -> Result<NodeStatus, String> {
+        let node = self.node(id).map_err(|e| e.to_string())?;
+        status_of(node.channel.clone(), true).await
     }
 
     /// Waits until node `id` answers status requests.
@@ -395,14 +403,16 @@ where
     }
 }
 
-/// The status answered on `channel`, within [`STATUS_TIMEOUT`].
-pub async fn status_of(channel: Channel) -> Result<NodeStatus, String> {
-    let mut request = tonic::Request::new(StatusRequest {});
-    request.set_timeout(STATUS_TIMEOUT);
-    match tokio::time::timeout(STATUS_TIMEOUT, ClusterServiceClient::new(channel).status(request)).await {
+/// The status answered on `channel`, within [`STATUS_TIMEOUT`] (or [`VERIFY_TIMEOUT`] with `verify`, when the node
+/// recomputes its state hash from a full scan).
+pub async fn status_of(channel: Channel, verify: bool) -> Result<NodeStatus, String> {
+    let timeout = if verify { VERIFY_TIMEOUT } else { STATUS_TIMEOUT };
+    let mut request = tonic::Request::new(StatusRequest { verify });
+    request.set_timeout(timeout);
+    match tokio::time::timeout(timeout, ClusterServiceClient::new(channel).status(request)).await {
         Ok(Ok(reply)) => Ok(reply.into_inner().into()),
         Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
-        Err(_) => Err("no answer within 500 ms".to_string()),
+        Err(_) => Err(format!("no answer within {timeout:?}")),
     }
 }
 

@@ -11,17 +11,20 @@ use crate::raft::network::channel;
 
 /// How long one node may take to answer a status request.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one node may take to answer a status request that scans its whole state.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One node's status, or why it could not be had.
 pub type Reply = Result<NodeStatus, String>;
 
-/// Asks the node at `grpc_addr` for its status.
-pub async fn fetch(grpc_addr: &str) -> Reply {
+/// Asks the node at `grpc_addr` for its status; with `verify`, the node also recomputes its state hash from a full
+/// scan and answers an error if it disagrees with the running one.
+pub async fn fetch(grpc_addr: &str, verify: bool) -> Reply {
     let channel = channel(grpc_addr).map_err(|e| e.to_string())?;
     let mut client = ClusterServiceClient::new(channel);
-    let mut request = tonic::Request::new(StatusRequest {});
-    request.set_timeout(STATUS_TIMEOUT);
-    match tokio::time::timeout(STATUS_TIMEOUT, client.status(request)).await {
+    let mut request = tonic::Request::new(StatusRequest { verify });
+    request.set_timeout(if verify { VERIFY_TIMEOUT } else { STATUS_TIMEOUT });
+    match tokio::time::timeout(if verify { VERIFY_TIMEOUT } else { STATUS_TIMEOUT }, client.status(request)).await {
         Ok(Ok(reply)) => Ok(reply.into_inner().into()),
         Ok(Err(status)) if status.code() == tonic::Code::Unavailable => Err("unreachable".to_string()),
         Ok(Err(status)) => Err(status.message().to_string()),
@@ -30,16 +33,16 @@ pub async fn fetch(grpc_addr: &str) -> Reply {
 }
 
 /// Asks every member: the members listed by the first of `seeds` that answers, else the seeds themselves.
-pub async fn fetch_all(seeds: &[String]) -> Vec<(String, Reply)> {
+pub async fn fetch_all(seeds: &[String], verify: bool) -> Vec<(String, Reply)> {
     let mut members = None;
     for seed in seeds {
-        if let Ok(status) = fetch(seed).await {
+        if let Ok(status) = fetch(seed, false).await {
             members = Some(status.members.into_iter().map(|m| m.grpc_addr).collect::<Vec<_>>());
             break;
         }
     }
     let addrs = members.unwrap_or_else(|| seeds.to_vec());
-    let replies = futures::future::join_all(addrs.iter().map(|a| fetch(a))).await;
+    let replies = futures::future::join_all(addrs.iter().map(|a| fetch(a, verify))).await;
     addrs.into_iter().zip(replies).collect()
 }
 

@@ -107,7 +107,7 @@ pub async fn run(options: UpOptions) -> anyhow::Result<()> {
         if nodes.iter().all(|n| n.exited.is_some()) {
             bail!("every node exited; see their output above");
         }
-        let replies = status::fetch_all(&seeds).await;
+        let replies = status::fetch_all(&seeds, false).await;
         let leader = replies
             .iter()
             .filter_map(|(_, r)| r.as_ref().ok())

@@ -36,7 +36,9 @@ pub const LAST_PURGED: &[u8] = b"last_purged";
 pub const LAST_APPLIED: &[u8] = b"last_applied";
 /// `sm_meta`: the last applied membership.
 pub const MEMBERSHIP: &[u8] = b"membership";
-/// `sm_meta`: the current snapshot (metadata and data).
+/// `sm_meta`: the digest of the `state` family at `last_applied` (see `storage::digest`), written with it.
+pub const STATE_DIGEST: &[u8] = b"state_digest";
+/// `sm_meta`: where versions before the snapshot file kept the current snapshot (moved to the file at open).
 pub const SNAPSHOT: &[u8] = b"snapshot";
 
 /// The only partition today.

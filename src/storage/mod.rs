@@ -10,8 +10,10 @@
 //! the log (which is never purged past what a synced write has covered).
 
 pub mod codec;
+pub mod digest;
 pub mod keys;
 pub mod log_store;
+pub mod snapshot_file;
 pub mod state_machine;
 
 use std::path::{Path, PathBuf};

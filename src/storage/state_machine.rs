@@ -5,6 +5,7 @@
 //! node resumes from its own disk. A snapshot is the `state` column family's contents at a RocksDB snapshot, plus
 //! the applied log id and membership read from the same RocksDB snapshot.
 
+use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -13,8 +14,9 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, StorageIOError};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
+use super::digest::StateDigest;
+use super::snapshot_file::{SnapshotFile, SnapshotFileError};
 use super::{codec, keys, Db};
 use crate::engine::definitions::{TaskDef, WorkflowDef};
 use crate::engine::model::{TypeStats, Workflow};
@@ -25,7 +27,7 @@ use crate::raft::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, Ty
 /// Exclusive upper bound of every `state` key (partition 0xFFFF, table 0xFF is never used).
 const STATE_END: [u8; 3] = [0xff, 0xff, 0xff];
 
-/// The snapshot as stored in `sm_meta` and sent to peers: metadata plus the `state` family's pairs.
+/// The snapshot as earlier versions stored it in `sm_meta` (now a [`SnapshotFile`]): read once, to move it.
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta,
@@ -48,6 +50,25 @@ pub enum ReadError {
     /// A stored record did not decode.
     #[error("stored record unreadable: {0}")]
     Codec(#[from] codec::CodecError),
+    /// The snapshot file could not be read or written.
+    #[error("snapshot file: {0}")]
+    SnapshotFile(#[from] SnapshotFileError),
+    /// The stored state digest has the wrong length.
+    #[error("stored state digest is {0} bytes long, not 32")]
+    DigestLength(usize),
+    /// The running state digest disagrees with one recomputed from the contents.
+    #[error(
+        "state digest at applied index {applied_index} is {stored} but the contents hash to {recomputed}: this \
+         replica's running digest is wrong"
+    )]
+    DigestMismatch {
+        /// The applied index both belong to.
+        applied_index: u64,
+        /// The digest kept up to date while applying.
+        stored: String,
+        /// The digest of a full scan.
+        recomputed: String,
+    },
 }
 
 /// A hash of the state machine's contents at one applied index.
@@ -55,7 +76,7 @@ pub enum ReadError {
 pub struct StateHash {
     /// The log index the state reflects (0 before anything was applied).
     pub applied_index: u64,
-    /// Hex SHA-256 over every `state` key and value, length-prefixed, in key order.
+    /// Hex of the [`StateDigest`] of every `state` pair.
     pub hex: String,
 }
 
@@ -104,7 +125,6 @@ impl Pending {
 #[derive(Debug, Clone)]
 pub struct StateReader {
     db: Arc<Db>,
-    hash_cache: Arc<Mutex<Option<StateHash>>>,
     pending: Arc<Pending>,
 }
 
@@ -147,32 +167,58 @@ impl StateReader {
         scan(&self.db, &keys::table_prefix(keys::PARTITION_0, keys::Table::WorkflowDef))
     }
 
-    /// The hash of the state's contents and the applied index it belongs to, read from one RocksDB snapshot.
-    /// Costs a full scan of the state when something was applied since the last call.
+    /// The digest of the state's contents and the applied index it belongs to, read together from one RocksDB
+    /// snapshot. O(1): the digest is kept up to date as entries apply.
     pub fn state_hash(&self) -> Result<StateHash, ReadError> {
         let snap = self.db.raw().snapshot();
-        let applied: Option<LogId> = match snap.get_cf(self.db.cf(keys::CF_SM_META), keys::LAST_APPLIED)? {
-            Some(bytes) => codec::decode(&bytes)?,
-            None => None,
-        };
-        let applied_index = applied.map_or(0, |id| id.index);
-        if let Some(cached) = self.hash_cache.lock().expect("hash cache lock is never poisoned").as_ref() {
-            if cached.applied_index == applied_index {
-                return Ok(cached.clone());
-            }
-        }
-        let mut hasher = Sha256::new();
-        for item in snap.iterator_cf(self.db.cf(keys::CF_STATE), IteratorMode::Start) {
-            let (key, value) = item?;
-            hasher.update((key.len() as u64).to_be_bytes());
-            hasher.update(&key);
-            hasher.update((value.len() as u64).to_be_bytes());
-            hasher.update(&value);
-        }
-        let hash = StateHash { applied_index, hex: hex::encode(hasher.finalize()) };
-        *self.hash_cache.lock().expect("hash cache lock is never poisoned") = Some(hash.clone());
-        Ok(hash)
+        let (applied_index, digest) = applied_and_digest(&self.db, &snap)?;
+        Ok(StateHash { applied_index, hex: digest.hex() })
     }
+
+    /// [`StateReader::state_hash`], checked against a digest recomputed by scanning the whole state at the same
+    /// RocksDB snapshot; a disagreement is [`ReadError::DigestMismatch`]. Costs a full scan.
+    pub fn verified_state_hash(&self) -> Result<StateHash, ReadError> {
+        let snap = self.db.raw().snapshot();
+        let (applied_index, stored) = applied_and_digest(&self.db, &snap)?;
+        let recomputed = StateDigest::of_pairs(snap.iterator_cf(self.db.cf(keys::CF_STATE), IteratorMode::Start))?;
+        if recomputed != stored {
+            return Err(ReadError::DigestMismatch {
+                applied_index,
+                stored: stored.hex(),
+                recomputed: recomputed.hex(),
+            });
+        }
+        Ok(StateHash { applied_index, hex: stored.hex() })
+    }
+}
+
+/// Moves a snapshot that an earlier version kept in `sm_meta` into the snapshot file (unless a file snapshot exists
+/// already), then deletes it from `sm_meta`.
+fn move_stored_snapshot_to_file(db: &Db, file: &SnapshotFile) -> Result<(), ReadError> {
+    let Some(bytes) = db.get(keys::CF_SM_META, keys::SNAPSHOT)? else {
+        return Ok(());
+    };
+    if file.read()?.is_none() {
+        let stored: StoredSnapshot = codec::decode(&bytes)?;
+        file.write(&stored.meta, &stored.data)?;
+    }
+    let mut batch = WriteBatch::default();
+    batch.delete_cf(db.cf(keys::CF_SM_META), keys::SNAPSHOT);
+    db.write(batch, true)?;
+    Ok(())
+}
+
+/// The applied index and the state digest stored with it, as of `snap`.
+fn applied_and_digest(db: &Db, snap: &rocksdb::Snapshot<'_>) -> Result<(u64, StateDigest), ReadError> {
+    let applied: Option<LogId> = match snap.get_cf(db.cf(keys::CF_SM_META), keys::LAST_APPLIED)? {
+        Some(bytes) => codec::decode(&bytes)?,
+        None => None,
+    };
+    let digest = match snap.get_cf(db.cf(keys::CF_SM_META), keys::STATE_DIGEST)? {
+        Some(bytes) => StateDigest::from_bytes(&bytes).ok_or(ReadError::DigestLength(bytes.len()))?,
+        None => StateDigest::EMPTY,
+    };
+    Ok((applied.map_or(0, |id| id.index), digest))
 }
 
 fn read_record<T: serde::de::DeserializeOwned>(db: &Db, key: &[u8]) -> Result<Option<T>, ReadError> {
@@ -232,6 +278,10 @@ impl StateView for RocksView<'_> {
 pub struct StateMachineStore {
     db: Arc<Db>,
     reader: StateReader,
+    /// The digest of the `state` family as of the last applied entry (also stored under `STATE_DIGEST`).
+    digest: StateDigest,
+    /// Where the current snapshot is kept.
+    snapshot_file: SnapshotFile,
 }
 
 impl StateMachineStore {
@@ -239,8 +289,22 @@ impl StateMachineStore {
     pub fn new(db: Arc<Db>) -> Result<Self, ReadError> {
         let pending = Arc::new(Pending::default());
         pending.rebuild(&db)?;
-        let reader = StateReader { db: db.clone(), hash_cache: Arc::new(Mutex::new(None)), pending };
-        Ok(StateMachineStore { db, reader })
+        let digest = match db.get(keys::CF_SM_META, keys::STATE_DIGEST)? {
+            Some(bytes) => StateDigest::from_bytes(&bytes).ok_or(ReadError::DigestLength(bytes.len()))?,
+            None => {
+                // A data dir written before the digest was kept: compute it once. Nothing applies concurrently.
+                let snap = db.raw().snapshot();
+                let digest = StateDigest::of_pairs(snap.iterator_cf(db.cf(keys::CF_STATE), IteratorMode::Start))?;
+                let mut batch = WriteBatch::default();
+                batch.put_cf(db.cf(keys::CF_SM_META), keys::STATE_DIGEST, digest.to_bytes());
+                db.write(batch, true)?;
+                digest
+            }
+        };
+        let snapshot_file = SnapshotFile::in_data_dir(db.path());
+        move_stored_snapshot_to_file(&db, &snapshot_file)?;
+        let reader = StateReader { db: db.clone(), pending };
+        Ok(StateMachineStore { db, reader, digest, snapshot_file })
     }
 
     /// A read handle that stays valid after the state machine is handed to openraft.
@@ -253,76 +317,134 @@ impl StateMachineStore {
         bytes.map(|b| codec::decode(&b).map_err(|e| StorageIOError::read_state_machine(&e).into())).transpose()
     }
 
-    fn write_mutation(&self, batch: &mut WriteBatch, mutation: &Mutation) -> Result<(), codec::CodecError> {
-        let cf = self.db.cf(keys::CF_STATE);
-        match mutation {
-            Mutation::PutTaskDef(def) => {
-                batch.put_cf(cf, keys::task_def(keys::PARTITION_0, &def.name), codec::encode(def)?)
-            }
-            Mutation::PutWorkflowDef(def) => batch.put_cf(
-                cf,
-                keys::workflow_def(keys::PARTITION_0, &def.name, engine::workflow_version(def)),
-                codec::encode(def)?,
-            ),
-            Mutation::PutTypeStats { task_type, stats } => {
-                batch.put_cf(cf, keys::type_stats(keys::PARTITION_0, task_type), codec::encode(stats)?)
-            }
-            Mutation::PutIdempotencyKey { key, workflow_id } => {
-                batch.put_cf(cf, keys::idempotency_key(keys::PARTITION_0, key), codec::encode(workflow_id)?)
-            }
-            Mutation::PutWorkflow(wf) => {
-                batch.put_cf(cf, keys::workflow(keys::PARTITION_0, &wf.workflow_id), codec::encode(wf.as_ref())?)
-            }
+    /// Writes an entry's mutations into `batch`, the last write of each key winning (a batch of commands may
+    /// write one workflow several times), and returns the digest after them.
+    fn write_mutations(&self, batch: &mut WriteBatch, mutations: &[Mutation]) -> Result<StateDigest, ReadError> {
+        let mut writes: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for mutation in mutations {
+            let (key, value) = encode_mutation(mutation)?;
+            writes.insert(key, value);
         }
-        Ok(())
+        let cf = self.db.cf(keys::CF_STATE);
+        let mut digest = self.digest;
+        for (key, value) in writes {
+            if let Some(old) = self.db.get(keys::CF_STATE, &key)? {
+                digest.remove(&key, &old);
+            }
+            digest.add(&key, &value);
+            batch.put_cf(cf, key, value);
+        }
+        Ok(digest)
     }
+}
+
+/// The `state` key and encoded value a mutation writes.
+fn encode_mutation(mutation: &Mutation) -> Result<(Vec<u8>, Vec<u8>), codec::CodecError> {
+    Ok(match mutation {
+        Mutation::PutTaskDef(def) => (keys::task_def(keys::PARTITION_0, &def.name), codec::encode(def)?),
+        Mutation::PutWorkflowDef(def) => {
+            (keys::workflow_def(keys::PARTITION_0, &def.name, engine::workflow_version(def)), codec::encode(def)?)
+        }
+        Mutation::PutTypeStats { task_type, stats } => {
+            (keys::type_stats(keys::PARTITION_0, task_type), codec::encode(stats)?)
+        }
+        Mutation::PutIdempotencyKey { key, workflow_id } => {
+            (keys::idempotency_key(keys::PARTITION_0, key), codec::encode(workflow_id)?)
+        }
+        Mutation::PutWorkflow(wf) => (keys::workflow(keys::PARTITION_0, &wf.workflow_id), codec::encode(wf.as_ref())?),
+    })
 }
 
 /// Builds snapshots from a consistent RocksDB snapshot of the state.
 #[derive(Debug)]
 pub struct SnapshotBuilder {
     db: Arc<Db>,
+    file: SnapshotFile,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let read_err =
-            |e: &dyn std::error::Error| StorageIOError::read_state_machine(openraft::AnyError::error(e.to_string()));
-        let (last_log_id, last_membership, body) = {
-            let snap = self.db.raw().snapshot();
-            let meta = |key| -> Result<Option<Vec<u8>>, StorageError> {
-                snap.get_cf(self.db.cf(keys::CF_SM_META), key).map_err(|e| read_err(&e).into())
-            };
-            let last_log_id: Option<LogId> = match meta(keys::LAST_APPLIED)? {
-                Some(b) => codec::decode(&b).map_err(|e| read_err(&e))?,
-                None => None,
-            };
-            let last_membership: StoredMembership = match meta(keys::MEMBERSHIP)? {
-                Some(b) => codec::decode(&b).map_err(|e| read_err(&e))?,
-                None => StoredMembership::default(),
-            };
-            let mut pairs = Vec::new();
-            for item in snap.iterator_cf(self.db.cf(keys::CF_STATE), IteratorMode::Start) {
-                let (k, v) = item.map_err(|e| read_err(&e))?;
-                pairs.push((serde_bytes::ByteBuf::from(k.to_vec()), serde_bytes::ByteBuf::from(v.to_vec())));
-            }
-            (last_log_id, last_membership, SnapshotBody { pairs })
-        };
-        let data = codec::encode(&body).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        let built_at_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let snapshot_id = match last_log_id {
-            Some(id) => format!("{}-{}-{built_at_ns}", id.leader_id.term, id.index),
-            None => format!("0-0-{built_at_ns}"),
-        };
-        let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
-        let stored = StoredSnapshot { meta: meta.clone(), data };
-        let bytes = codec::encode(&stored).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        let mut batch = WriteBatch::default();
-        batch.put_cf(self.db.cf(keys::CF_SM_META), keys::SNAPSHOT, bytes);
-        self.db.write(batch, true).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        tracing::info!(index = last_log_id.map_or(0, |id| id.index), bytes = stored.data.len(), "snapshot built");
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
+        // Scanning, encoding and writing tens of megabytes takes a core for a while: on the runtime's threads it
+        // would hold up heartbeats and votes long enough to cost an election.
+        let (db, file) = (self.db.clone(), self.file.clone());
+        tokio::task::spawn_blocking(move || build_snapshot(&db, &file))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, openraft::AnyError::error(e.to_string())))?
     }
+}
+
+/// Builds a snapshot of the state as of now and makes it the current one.
+fn build_snapshot(db: &Db, file: &SnapshotFile) -> Result<Snapshot<TypeConfig>, StorageError> {
+    let started = std::time::Instant::now();
+    let read_err =
+        |e: &dyn std::error::Error| StorageIOError::read_state_machine(openraft::AnyError::error(e.to_string()));
+    let (last_log_id, last_membership, body) = {
+        let snap = db.raw().snapshot();
+        let meta = |key| -> Result<Option<Vec<u8>>, StorageError> {
+            snap.get_cf(db.cf(keys::CF_SM_META), key).map_err(|e| read_err(&e).into())
+        };
+        let last_log_id: Option<LogId> = match meta(keys::LAST_APPLIED)? {
+            Some(b) => codec::decode(&b).map_err(|e| read_err(&e))?,
+            None => None,
+        };
+        let last_membership: StoredMembership = match meta(keys::MEMBERSHIP)? {
+            Some(b) => codec::decode(&b).map_err(|e| read_err(&e))?,
+            None => StoredMembership::default(),
+        };
+        let mut pairs = Vec::new();
+        for item in snap.iterator_cf(db.cf(keys::CF_STATE), IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| read_err(&e))?;
+            pairs.push((serde_bytes::ByteBuf::from(k.to_vec()), serde_bytes::ByteBuf::from(v.to_vec())));
+        }
+        (last_log_id, last_membership, SnapshotBody { pairs })
+    };
+    let data = codec::encode(&body).map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+    drop(body);
+    let built_at_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let snapshot_id = match last_log_id {
+        Some(id) => format!("{}-{}-{built_at_ns}", id.leader_id.term, id.index),
+        None => format!("0-0-{built_at_ns}"),
+    };
+    let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
+    file.write(&meta, &data).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+    tracing::info!(
+        index = last_log_id.map_or(0, |id| id.index),
+        bytes = data.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "snapshot built"
+    );
+    Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+}
+
+/// Replaces the state with a received snapshot's and makes the snapshot the current one; returns the new digest.
+/// The state and `last_applied` are written (synced) before the snapshot file, so a crash in between leaves a
+/// current snapshot older than the state, which is an ordinary situation, never the reverse.
+fn install_snapshot(
+    db: &Db,
+    file: &SnapshotFile,
+    meta: &SnapshotMeta,
+    data: &[u8],
+) -> Result<StateDigest, StorageError> {
+    let err = |e: &dyn std::error::Error| {
+        StorageIOError::write_snapshot(Some(meta.signature()), openraft::AnyError::error(e.to_string()))
+    };
+    let body: SnapshotBody = codec::decode(data).map_err(|e| err(&e))?;
+    let state = db.cf(keys::CF_STATE);
+    let sm_meta = db.cf(keys::CF_SM_META);
+    let mut batch = WriteBatch::default();
+    batch.delete_range_cf(state, &[][..], &STATE_END[..]);
+    let mut digest = StateDigest::EMPTY;
+    for (key, value) in &body.pairs {
+        batch.put_cf(state, key, value);
+        digest.add(key, value);
+    }
+    batch.put_cf(sm_meta, keys::STATE_DIGEST, digest.to_bytes());
+    batch.put_cf(sm_meta, keys::LAST_APPLIED, codec::encode(&meta.last_log_id).map_err(|e| err(&e))?);
+    batch.put_cf(sm_meta, keys::MEMBERSHIP, codec::encode(&meta.last_membership).map_err(|e| err(&e))?);
+    db.write(batch, true).map_err(|e| err(&e))?;
+    file.write(meta, data).map_err(|e| err(&e))?;
+    tracing::info!(index = meta.last_log_id.map_or(0, |id| id.index), pairs = body.pairs.len(), "snapshot installed");
+    Ok(digest)
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachineStore {
@@ -345,6 +467,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let apply_err =
                 |e: &dyn std::error::Error| StorageIOError::apply(log_id, openraft::AnyError::error(e.to_string()));
             let mut batch = WriteBatch::default();
+            let mut digest = self.digest;
             let mut changed: Vec<Workflow> = Vec::new();
             let response = match &entry.payload {
                 EntryPayload::Blank => CommandResponse::Done,
@@ -357,9 +480,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     )
                     .entered();
                     let applied = engine::apply(&RocksView(&self.db), proposal).map_err(|e| apply_err(&e))?;
-                    for mutation in &applied.mutations {
-                        self.write_mutation(&mut batch, mutation).map_err(|e| apply_err(&e))?;
-                    }
+                    digest = self.write_mutations(&mut batch, &applied.mutations).map_err(|e| apply_err(&e))?;
                     changed.extend(applied.mutations.into_iter().filter_map(|m| match m {
                         Mutation::PutWorkflow(wf) => Some(*wf),
                         _ => None,
@@ -376,7 +497,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             let applied_bytes = codec::encode(&Some(log_id)).map_err(|e| apply_err(&e))?;
             batch.put_cf(self.db.cf(keys::CF_SM_META), keys::LAST_APPLIED, applied_bytes);
+            batch.put_cf(self.db.cf(keys::CF_SM_META), keys::STATE_DIGEST, digest.to_bytes());
             self.db.write(batch, false).map_err(|e| apply_err(&e))?;
+            self.digest = digest;
             if !changed.is_empty() {
                 self.reader.pending.update(&changed);
             }
@@ -386,7 +509,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { db: self.db.clone() }
+        SnapshotBuilder { db: self.db.clone(), file: self.snapshot_file.clone() }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
@@ -398,37 +521,31 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
-        let err = |e: &dyn std::error::Error| {
+        let (db, file, pending) = (self.db.clone(), self.snapshot_file.clone(), self.reader.pending.clone());
+        let owned_meta = meta.clone();
+        let digest = tokio::task::spawn_blocking(move || {
+            let digest = install_snapshot(&db, &file, &owned_meta, snapshot.get_ref())?;
+            pending.rebuild(&db).map_err(|e| StorageIOError::write_snapshot(Some(owned_meta.signature()), &e))?;
+            Ok::<_, StorageError>(digest)
+        })
+        .await
+        .map_err(|e| {
             StorageIOError::write_snapshot(Some(meta.signature()), openraft::AnyError::error(e.to_string()))
-        };
-        let data = snapshot.into_inner();
-        let body: SnapshotBody = codec::decode(&data).map_err(|e| err(&e))?;
-        let state = self.db.cf(keys::CF_STATE);
-        let sm_meta = self.db.cf(keys::CF_SM_META);
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(state, &[][..], &STATE_END[..]);
-        for (key, value) in &body.pairs {
-            batch.put_cf(state, key, value);
-        }
-        batch.put_cf(sm_meta, keys::LAST_APPLIED, codec::encode(&meta.last_log_id).map_err(|e| err(&e))?);
-        batch.put_cf(sm_meta, keys::MEMBERSHIP, codec::encode(&meta.last_membership).map_err(|e| err(&e))?);
-        let stored = StoredSnapshot { meta: meta.clone(), data };
-        batch.put_cf(sm_meta, keys::SNAPSHOT, codec::encode(&stored).map_err(|e| err(&e))?);
-        self.db.write(batch, true).map_err(|e| err(&e))?;
-        self.reader.pending.rebuild(&self.db).map_err(|e| err(&e))?;
-        tracing::info!(
-            index = meta.last_log_id.map_or(0, |id| id.index),
-            pairs = body.pairs.len(),
-            "snapshot installed"
-        );
+        })??;
+        self.digest = digest;
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let Some(stored) = self.sm_meta::<StoredSnapshot>(keys::SNAPSHOT)? else {
-            return Ok(None);
-        };
-        Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+        let file = self.snapshot_file.clone();
+        let read = tokio::task::spawn_blocking(move || file.read())
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, openraft::AnyError::error(e.to_string())))?;
+        match read {
+            Ok(Some((meta, data))) => Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })),
+            Ok(None) => Ok(None),
+            Err(e) => Err(StorageIOError::read_snapshot(None, &e).into()),
+        }
     }
 }
 
@@ -487,6 +604,97 @@ mod tests {
         assert!(b.reader().task_def("stale").expect("reads").is_none());
         let current = b.get_current_snapshot().await.expect("reads").expect("snapshot kept");
         assert_eq!(current.meta.last_log_id.map(|id| id.index), Some(3));
+    }
+
+    fn batch_entry(index: u64, defs: &[&str]) -> Entry {
+        let commands = defs
+            .iter()
+            .map(|json| Command::RegisterTaskDefs { defs: vec![parse_json(json).expect("parses")] })
+            .collect();
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Proposal { at_ms: index, command: Command::Batch(commands) }),
+        }
+    }
+
+    #[tokio::test]
+    async fn running_digest_matches_a_full_scan_through_overwrites_batches_snapshots_and_reopening() {
+        let (dir_a, dir_b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+        let mut a = StateMachineStore::new(open(dir_a.path())).expect("opens");
+        a.apply([entry(1, "a"), entry(2, "b")]).await.expect("applies");
+        // One entry writing the same key twice, the second write replacing a value written by an earlier entry.
+        a.apply([batch_entry(3, &[r#"{"name":"a","retryCount":1}"#, r#"{"name":"a","retryCount":2}"#])])
+            .await
+            .expect("applies");
+        let hash = a.reader().verified_state_hash().expect("running digest equals the scan");
+        assert_eq!(hash.applied_index, 3);
+        assert_eq!(a.reader().task_def("a").expect("reads").expect("exists").retry_count, 2);
+
+        let mut b = StateMachineStore::new(open(dir_b.path())).expect("opens");
+        b.apply([entry(1, "stale")]).await.expect("applies");
+        let snapshot = a.get_snapshot_builder().await.build_snapshot().await.expect("builds");
+        b.install_snapshot(&snapshot.meta, snapshot.snapshot).await.expect("installs");
+        b.apply([entry(4, "c")]).await.expect("applies after the snapshot");
+        a.apply([entry(4, "c")]).await.expect("applies");
+        assert_eq!(b.reader().verified_state_hash().expect("verifies"), a.reader().state_hash().expect("hash"));
+
+        drop(b);
+        let b = StateMachineStore::new(open(dir_b.path())).expect("reopens");
+        assert_eq!(b.reader().verified_state_hash().expect("verifies"), a.reader().state_hash().expect("hash"));
+    }
+
+    #[tokio::test]
+    async fn a_data_dir_without_a_stored_digest_gets_one_computed_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let expected = {
+            let mut sm = StateMachineStore::new(open(dir.path())).expect("opens");
+            sm.apply([entry(1, "a"), entry(2, "b")]).await.expect("applies");
+            let expected = sm.reader().state_hash().expect("hash");
+            let mut batch = WriteBatch::default();
+            batch.delete_cf(sm.db.cf(keys::CF_SM_META), keys::STATE_DIGEST);
+            sm.db.write(batch, true).expect("writes");
+            expected
+        };
+        let mut sm = StateMachineStore::new(open(dir.path())).expect("reopens");
+        assert_eq!(sm.reader().state_hash().expect("hash"), expected);
+        sm.apply([entry(3, "c")]).await.expect("applies");
+        sm.reader().verified_state_hash().expect("running digest still equals the scan");
+    }
+
+    #[tokio::test]
+    async fn verification_reports_a_state_changed_behind_the_digest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sm = StateMachineStore::new(open(dir.path())).expect("opens");
+        sm.apply([entry(1, "a")]).await.expect("applies");
+        let mut batch = WriteBatch::default();
+        batch.put_cf(sm.db.cf(keys::CF_STATE), keys::task_def(keys::PARTITION_0, "sneaked-in"), b"x");
+        sm.db.write(batch, true).expect("writes");
+        match sm.reader().verified_state_hash() {
+            Err(ReadError::DigestMismatch { applied_index: 1, stored, recomputed }) => assert_ne!(stored, recomputed),
+            other => panic!("expected a digest mismatch at index 1, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_kept_in_sm_meta_by_an_earlier_version_moves_to_the_file_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let built = {
+            let mut sm = StateMachineStore::new(open(dir.path())).expect("opens");
+            sm.apply([entry(1, "a"), entry(2, "b")]).await.expect("applies");
+            let built = sm.get_snapshot_builder().await.build_snapshot().await.expect("builds");
+            // Put it back where an earlier version kept it, and remove the file.
+            let stored = StoredSnapshot { meta: built.meta.clone(), data: built.snapshot.get_ref().clone() };
+            let mut batch = WriteBatch::default();
+            batch.put_cf(sm.db.cf(keys::CF_SM_META), keys::SNAPSHOT, codec::encode(&stored).expect("encodes"));
+            sm.db.write(batch, true).expect("writes");
+            std::fs::remove_dir_all(dir.path().join("snapshots")).expect("removes");
+            built
+        };
+        let mut sm = StateMachineStore::new(open(dir.path())).expect("reopens");
+        let current = sm.get_current_snapshot().await.expect("reads").expect("moved to the file");
+        assert_eq!(current.meta, built.meta);
+        assert_eq!(current.snapshot.get_ref(), built.snapshot.get_ref());
+        assert!(sm.db.get(keys::CF_SM_META, keys::SNAPSHOT).expect("reads").is_none());
     }
 
     #[tokio::test]

@@ -395,15 +395,28 @@ impl Node {
 
     /// `GET /api/cluster/status`. `Fatal` if the process is not running or the body has the wrong shape.
     pub async fn status(&self) -> Result<Status> {
+        self.status_query(false).await
+    }
+
+    /// `GET /api/cluster/status?verify=true`: the node also recomputes its state hash from a full scan. `Fatal`
+    /// when the node says its running hash disagrees with its contents.
+    pub async fn verified_status(&self) -> Result<Status> {
+        self.status_query(true).await
+    }
+
+    async fn status_query(&self, verify: bool) -> Result<Status> {
         self.check_running()?;
         let resp = client()
-            .get(format!("{}/api/cluster/status", self.http_base()))
-            .timeout(Duration::from_millis(1000))
+            .get(format!("{}/api/cluster/status?verify={verify}", self.http_base()))
+            .timeout(Duration::from_millis(if verify { 10_000 } else { 1000 }))
             .send()
             .await
             .with_context(|| format!("node {}: GET /api/cluster/status", self.id))?;
         let code = resp.status().as_u16();
         let body = resp.text().await?;
+        if code == 500 && body.contains("state digest") {
+            return Err(fatal(format!("node {}: {body}", self.id)));
+        }
         if code != 200 {
             bail!("node {}: /api/cluster/status HTTP {code}: {body}", self.id);
         }
@@ -571,6 +584,15 @@ impl Cluster {
         Ok(out)
     }
 
+    /// [`Cluster::live_statuses`], each node's state hash checked against a full scan of its state.
+    pub async fn verified_live_statuses(&self) -> Result<Vec<Status>> {
+        let mut out = Vec::new();
+        for node in self.live() {
+            out.push(node.verified_status().await?);
+        }
+        Ok(out)
+    }
+
     /// Waits (up to 10 s) until exactly one live node reports role leader and every live node names it as leader.
     pub async fn leader(&self) -> Result<u64> {
         self.leader_by(secs(10)).await
@@ -592,8 +614,9 @@ impl Cluster {
         .await
     }
 
-    /// Waits (up to 30 s) until every live node has the same last_applied and state_hash, and nothing any of them
-    /// reports committed is unapplied. Returns the statuses.
+    /// Waits (up to 30 s) until every live node has the same last_applied and state_hash (each checked by the node
+    /// against a full scan of its state), and nothing any of them reports committed is unapplied. Returns the
+    /// statuses.
     pub async fn wait_converged(&self) -> Result<Vec<Status>> {
         self.wait_converged_by(secs(30)).await
     }
@@ -601,7 +624,7 @@ impl Cluster {
     /// [`Cluster::wait_converged`] with an explicit deadline.
     pub async fn wait_converged_by(&self, deadline: Instant) -> Result<Vec<Status>> {
         wait_until(deadline, "all live nodes at equal last_applied and state_hash", || async {
-            let statuses = self.live_statuses().await?;
+            let statuses = self.verified_live_statuses().await?;
             let Some(first) = statuses.first() else {
                 bail!("no live nodes");
             };
