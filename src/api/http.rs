@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::api::error::ApiError;
 use crate::api::metadata::{parse_document, Consistency, MetadataApi};
 use crate::api::status::NodeStatus;
-use crate::api::workflows::{RerunWorkflowRequest, StartWorkflowRequest, TaskResult, WorkflowApi};
+use crate::api::workflows::{RerunWorkflowRequest, StartWorkflowRequest, WorkflowApi};
 use crate::engine::definitions::{TaskDef, WorkflowDef};
 use crate::engine::model::Workflow;
 use crate::engine::Command;
@@ -57,7 +57,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/workflow/{id}/restart", post(restart_workflow))
         .route("/api/workflow/{id}/rerun", post(rerun_workflow))
         .route("/api/workflow/{id}/skiptask/{task_ref}", put(skip_task))
-        .route("/api/tasks", post(update_task))
+        .merge(crate::api::http_tasks::routes())
         .with_state(state)
 }
 
@@ -101,14 +101,15 @@ async fn cluster_status(
     Ok(Json(NodeStatus::collect(&state.raft, &state.reader, &state.dispatcher, &state.cluster_id, verify).await?))
 }
 
+/// `?consistency=local|linearizable&version=N` of the read endpoints.
 #[derive(Debug, Deserialize)]
-struct ReadParams {
-    consistency: Option<String>,
-    version: Option<String>,
+pub(crate) struct ReadParams {
+    pub(crate) consistency: Option<String>,
+    pub(crate) version: Option<String>,
 }
 
 impl ReadParams {
-    fn consistency(&self) -> Result<Consistency, ApiError> {
+    pub(crate) fn consistency(&self) -> Result<Consistency, ApiError> {
         match self.consistency.as_deref() {
             None | Some("local") => Ok(Consistency::Local),
             Some("linearizable") => Ok(Consistency::Linearizable),
@@ -327,11 +328,4 @@ async fn skip_task(
     };
     state.workflows.command(Command::SkipTask { workflow_id, task_ref, output }).await?;
     Ok(StatusCode::OK)
-}
-
-/// `POST /api/tasks`: a worker's TaskResult; answers the task id.
-async fn update_task(State(state): State<HttpState>, body: String) -> Result<String, ApiError> {
-    let result: TaskResult = parse_document(&body, "")?;
-    state.workflows.update_task(&result).await?;
-    Ok(result.task_id)
 }

@@ -1,4 +1,5 @@
-//! The API every node serves: public gRPC services ([`grpc`]), HTTP ([`http`]: status, health, Conductor's REST),
+//! The API every node serves: public gRPC services ([`grpc`]), HTTP ([`http`]: status, health, Conductor's REST;
+//! [`http_tasks`]: its task endpoints),
 //! the operations they share ([`metadata`], [`status`]) and the one error type with its wire mappings
 //! ([`error`]). Any node accepts any call; writes go through the [`Proposer`](crate::raft::proposer::Proposer),
 //! which forwards to the leader.
@@ -8,6 +9,7 @@ pub mod gateway;
 pub mod grpc;
 pub mod grpc_workflows;
 pub mod http;
+pub mod http_tasks;
 pub mod metadata;
 pub mod status;
 pub mod workflows;

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use crate::api::error::ApiError;
 use crate::api::gateway::{Consistency, Gateway};
 use crate::engine::definitions::WorkflowDef;
-use crate::engine::model::{TaskStatus, Workflow};
+use crate::engine::model::{Task, TaskStatus, Workflow};
 use crate::engine::ops::{StartWorkflow, TaskUpdate};
 use crate::engine::{Command, CommandResponse};
 
@@ -43,7 +43,8 @@ pub struct StartWorkflowRequest {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskResult {
-    /// The workflow.
+    /// The workflow; may be left out (empty), the task id finds it.
+    #[serde(default)]
     pub workflow_instance_id: String,
     /// The task.
     pub task_id: String,
@@ -59,6 +60,9 @@ pub struct TaskResult {
     pub callback_after_seconds: u64,
     /// The worker.
     pub worker_id: Option<String>,
+    /// With IN_PROGRESS: only push the response timeout back (Conductor's lease extension); the output is ignored.
+    #[serde(default)]
+    pub extend_lease: bool,
 }
 
 impl From<&TaskResult> for TaskUpdate {
@@ -149,6 +153,18 @@ impl WorkflowApi {
             wf.tasks.clear();
         }
         Ok(wf)
+    }
+
+    /// One task, found from its id alone.
+    pub async fn task(&self, task_id: &str, consistency: Consistency) -> Result<Task, ApiError> {
+        self.gateway.barrier(consistency).await?;
+        let reader = self.gateway.reader();
+        let workflow_id =
+            reader.task_workflow(task_id)?.ok_or_else(|| ApiError::NotFound(format!("task {task_id} not found")))?;
+        reader
+            .workflow(&workflow_id)?
+            .and_then(|wf| wf.tasks.into_iter().find(|t| t.task_id == task_id))
+            .ok_or_else(|| ApiError::NotFound(format!("task {task_id} is no longer part of workflow {workflow_id}")))
     }
 
     /// Workflows matching the filters, newest first, at most `limit`. A full scan: fine for operators' listing,

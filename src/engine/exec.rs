@@ -122,6 +122,8 @@ pub struct Exec<'s, S: StateView> {
     idempotency_keys: BTreeMap<String, String>,
     /// Per loaded workflow, its worker tasks IN_PROGRESS by type before this command (to keep counters exact).
     original_in_progress: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Per loaded workflow, the highest task seq before this command: tasks above it are new and get indexed.
+    original_max_seq: BTreeMap<String, u32>,
     /// Dispatch counters read or changed by this command.
     type_stats: BTreeMap<String, TypeStats>,
     /// Counters to write back.
@@ -166,6 +168,7 @@ impl<'s, S: StateView> Exec<'s, S> {
             ending_by_operator: false,
             idempotency_keys: BTreeMap::new(),
             original_in_progress: BTreeMap::new(),
+            original_max_seq: BTreeMap::new(),
             type_stats: BTreeMap::new(),
             dirty_stats: BTreeSet::new(),
         }
@@ -182,6 +185,7 @@ impl<'s, S: StateView> Exec<'s, S> {
             match self.state.workflow(id)? {
                 Some(wf) => {
                     self.original_in_progress.insert(id.to_string(), in_progress_by_type(&wf));
+                    self.original_max_seq.insert(id.to_string(), wf.tasks.iter().map(|t| t.seq).max().unwrap_or(0));
                     self.workflows.insert(id.to_string(), wf);
                 }
                 None => return Ok(None),
@@ -320,7 +324,15 @@ impl<'s, S: StateView> Exec<'s, S> {
                     self.set_stats(task_type, stats);
                 }
             }
+            let indexed_up_to = self.original_max_seq.remove(&id).unwrap_or(0);
+            let new_tasks: Vec<Mutation> = wf
+                .tasks
+                .iter()
+                .filter(|t| t.seq > indexed_up_to)
+                .map(|t| Mutation::PutTaskIndex { task_id: t.task_id.clone(), workflow_id: id.clone() })
+                .collect();
             mutations.push(Mutation::PutWorkflow(Box::new(wf)));
+            mutations.extend(new_tasks);
         }
         for task_type in std::mem::take(&mut self.dirty_stats) {
             if let Some(stats) = self.type_stats.get(&task_type) {

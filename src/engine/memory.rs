@@ -20,6 +20,8 @@ pub struct MemoryState {
     pub idempotency_keys: BTreeMap<String, String>,
     /// Dispatch counters by task type.
     pub type_stats: BTreeMap<String, TypeStats>,
+    /// Task id -> the workflow holding it.
+    pub task_index: BTreeMap<String, String>,
 }
 
 impl StateView for MemoryState {
@@ -66,6 +68,9 @@ impl MemoryState {
                 }
                 Mutation::PutTypeStats { task_type, stats } => {
                     self.type_stats.insert(task_type, stats);
+                }
+                Mutation::PutTaskIndex { task_id, workflow_id } => {
+                    self.task_index.insert(task_id, workflow_id);
                 }
             }
         }

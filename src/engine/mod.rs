@@ -332,6 +332,13 @@ pub enum Mutation {
         /// The counters.
         stats: model::TypeStats,
     },
+    /// Remember which workflow holds a task (written once, when the task is created).
+    PutTaskIndex {
+        /// The task.
+        task_id: String,
+        /// Its workflow.
+        workflow_id: String,
+    },
     /// Remember which workflow a start with this idempotency key created.
     PutIdempotencyKey {
         /// The caller's key.
@@ -502,6 +509,8 @@ impl<S: StateView> Overlay<'_, S> {
             Mutation::PutTypeStats { task_type, stats } => {
                 self.type_stats.insert(task_type.clone(), *stats);
             }
+            // The engine never reads the task index.
+            Mutation::PutTaskIndex { .. } => {}
         }
     }
 }

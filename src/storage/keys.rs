@@ -58,6 +58,8 @@ pub enum Table {
     IdempotencyKey = 4,
     /// Dispatch counters by task type.
     TypeStats = 5,
+    /// Task id -> the id of the workflow holding the task (for the task endpoints, which name only the task).
+    TaskIndex = 6,
 }
 
 /// `raft_log` key of a log index.
@@ -118,6 +120,13 @@ pub fn idempotency_key(partition: u16, key: &str) -> Vec<u8> {
 pub fn type_stats(partition: u16, task_type: &str) -> Vec<u8> {
     let mut k = table_prefix(partition, Table::TypeStats);
     k.extend_from_slice(task_type.as_bytes());
+    k
+}
+
+/// Key of the workflow a task belongs to.
+pub fn task_index(partition: u16, task_id: &str) -> Vec<u8> {
+    let mut k = table_prefix(partition, Table::TaskIndex);
+    k.extend_from_slice(task_id.as_bytes());
     k
 }
 

@@ -157,6 +157,11 @@ impl StateReader {
         read_record(&self.db, &keys::workflow(keys::PARTITION_0, id))
     }
 
+    /// The id of the workflow holding the task with that id.
+    pub fn task_workflow(&self, task_id: &str) -> Result<Option<String>, ReadError> {
+        read_record(&self.db, &keys::task_index(keys::PARTITION_0, task_id))
+    }
+
     /// Every workflow execution (tasks included), in id order.
     pub fn workflows(&self) -> Result<Vec<Workflow>, ReadError> {
         scan(&self.db, &keys::table_prefix(keys::PARTITION_0, keys::Table::Workflow))
@@ -352,6 +357,9 @@ fn encode_mutation(mutation: &Mutation) -> Result<(Vec<u8>, Vec<u8>), codec::Cod
             (keys::idempotency_key(keys::PARTITION_0, key), codec::encode(workflow_id)?)
         }
         Mutation::PutWorkflow(wf) => (keys::workflow(keys::PARTITION_0, &wf.workflow_id), codec::encode(wf.as_ref())?),
+        Mutation::PutTaskIndex { task_id, workflow_id } => {
+            (keys::task_index(keys::PARTITION_0, task_id), codec::encode(workflow_id)?)
+        }
     })
 }
 

@@ -242,6 +242,18 @@ fn check_invariants(
             "{task_type} counter after {command:?}"
         );
     }
+    // Every task can be found from its id alone (the task endpoints name only the task).
+    for wf in w.state.workflows.values() {
+        for t in &wf.tasks {
+            assert_eq!(
+                w.state.task_index.get(&t.task_id),
+                Some(&wf.workflow_id),
+                "task {} ({}) not indexed to its workflow after {command:?}",
+                t.task_id,
+                t.reference_task_name
+            );
+        }
+    }
     for wf in w.state.workflows.values() {
         match wf.status {
             WorkflowStatus::Running => assert!(
