@@ -17,7 +17,7 @@ use crate::api::metadata::{parse_document, Consistency};
 use crate::api::workflows::TaskResult;
 use crate::engine::model::{LeaseRef, TaskStatus};
 use crate::engine::Command;
-use crate::runtime::dispatch::PollArgs;
+use crate::runtime::dispatch::{Dispatched, PollArgs};
 
 /// How long Conductor's polls wait for a task unless told otherwise, ms.
 const DEFAULT_POLL_TIMEOUT_MS: u32 = 100;
@@ -70,10 +70,15 @@ async fn poll(
     Query(params): Query<PollParams>,
 ) -> Result<Response, ApiError> {
     let tasks = state.dispatcher.poll(&params.args(task_type, 1)?).await?;
-    Ok(match tasks.into_iter().next() {
+    Ok(first_or_no_content(tasks))
+}
+
+/// The first task polled as Conductor's Task document, or 204 when the poll found none.
+fn first_or_no_content(tasks: Vec<Dispatched>) -> Response {
+    match tasks.into_iter().next() {
         Some(d) => Json(d.task).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),
-    })
+    }
 }
 
 /// `GET /api/tasks/poll/batch/{type}?count=&timeout=`: up to `count` tasks (an empty list when there are none).
@@ -136,11 +141,7 @@ async fn update_task_v2(State(state): State<HttpState>, body: String) -> Result<
         timeout_ms: 0,
         poll_id: None,
     };
-    let next = state.dispatcher.poll(&args).await?;
-    Ok(match next.into_iter().next() {
-        Some(d) => Json(d.task).into_response(),
-        None => StatusCode::NO_CONTENT.into_response(),
-    })
+    Ok(first_or_no_content(state.dispatcher.poll(&args).await?))
 }
 
 /// `GET /api/tasks/{id}[?consistency=linearizable]`.
