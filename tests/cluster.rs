@@ -597,6 +597,27 @@ async fn metadata_api_follows_conductor_semantics_through_a_follower() -> Result
     ensure!(get_workflow_def(f, "flow", Some(9), Read::Local).await?.is_none(), "flow v9 should be 404");
     ensure!(get_workflow_def(f, "ghost", None, Read::Local).await?.is_none(), "ghost should be 404");
 
+    // Deletes: one version of a workflow def (the latest falls back to the one below), a task def; unknown ones
+    // answer 404 with Conductor's error body, a version that is not a number 400.
+    register_workflow_def(f, "flow", 3, "resize").await?;
+    register_task_def(f, "scratch").await?;
+    delete(f, "/api/metadata/workflow/flow/3").await?.ok().context("DELETE of flow v3")?;
+    let latest = get_workflow_def(f, "flow", None, Read::Linearizable).await?.context("flow latest missing")?;
+    ensure!(latest["version"] == 2, "after deleting v3 the latest should be v2: {latest}");
+    delete(f, "/api/metadata/taskdefs/scratch").await?.ok().context("DELETE of task def scratch")?;
+    ensure!(get_task_def(f, "scratch", Read::Linearizable).await?.is_none(), "scratch still there after DELETE");
+    for (path, status) in [
+        ("/api/metadata/workflow/flow/3", 404),
+        ("/api/metadata/workflow/ghost/1", 404),
+        ("/api/metadata/taskdefs/scratch", 404),
+        ("/api/metadata/workflow/flow/latest", 400),
+        ("/api/metadata/workflow/flow/0", 400),
+    ] {
+        let reply = delete(f, path).await?;
+        let body = reply.json()?;
+        ensure!(body["status"] == status && body["message"].is_string(), "DELETE {path}: {body}");
+    }
+
     cluster.wait_converged().await?;
     for node in cluster.nodes() {
         let list = get(node, "/api/metadata/workflow").await?.ok()?.json()?;

@@ -149,4 +149,22 @@ impl MetadataService for MetadataGrpc {
             defs.iter().map(|d| to_json(d).map(|json| pb::WorkflowDefJson { json })).collect::<Result<_, _>>()?;
         Ok(Response::new(pb::ListWorkflowDefsReply { workflow_defs }))
     }
+
+    async fn delete_task_def(
+        &self,
+        request: Request<pb::DeleteTaskDefRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
+        Ok(reply(self.api.delete_task_def(request.into_inner().name).await?))
+    }
+
+    async fn delete_workflow_def(
+        &self,
+        request: Request<pb::DeleteWorkflowDefRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
+        let request = request.into_inner();
+        if request.version == 0 {
+            return Err(Status::invalid_argument("version: a workflow definition's version is required"));
+        }
+        Ok(reply(self.api.delete_workflow_def(request.name, request.version).await?))
+    }
 }

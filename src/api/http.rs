@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::Value;
@@ -46,9 +46,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/ready", get(ready))
         .route("/api/cluster/status", get(cluster_status))
         .route("/api/metadata/taskdefs", get(list_task_defs).post(register_task_defs).put(update_task_def))
-        .route("/api/metadata/taskdefs/{name}", get(get_task_def))
+        .route("/api/metadata/taskdefs/{name}", get(get_task_def).delete(delete_task_def))
         .route("/api/metadata/workflow", get(list_workflow_defs).post(register_workflow_def).put(update_workflow_defs))
         .route("/api/metadata/workflow/{name}", get(get_workflow_def))
+        .route("/api/metadata/workflow/{name}/{version}", delete(delete_workflow_def))
         .route("/api/workflow", post(start_workflow))
         .route("/api/workflow/{id}", get(get_workflow).post(start_workflow_by_name).delete(terminate_workflow))
         .route("/api/workflow/{id}/pause", put(pause_workflow))
@@ -158,6 +159,11 @@ async fn get_task_def(
     Ok(Json(state.metadata.task_def(&name, params.consistency()?).await?))
 }
 
+async fn delete_task_def(State(state): State<HttpState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    state.metadata.delete_task_def(name).await?;
+    Ok(StatusCode::OK)
+}
+
 async fn list_task_defs(
     State(state): State<HttpState>,
     Query(params): Query<ReadParams>,
@@ -187,6 +193,17 @@ async fn get_workflow_def(
     Query(params): Query<ReadParams>,
 ) -> Result<Json<WorkflowDef>, ApiError> {
     Ok(Json(state.metadata.workflow_def(&name, params.version()?, params.consistency()?).await?))
+}
+
+async fn delete_workflow_def(
+    State(state): State<HttpState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let version = ReadParams { consistency: None, version: Some(version) }
+        .version()?
+        .ok_or_else(|| ApiError::Invalid { message: "version: required".into(), field_errors: Vec::new() })?;
+    state.metadata.delete_workflow_def(name, version).await?;
+    Ok(StatusCode::OK)
 }
 
 async fn list_workflow_defs(

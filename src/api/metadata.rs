@@ -60,6 +60,16 @@ impl MetadataApi {
         self.write(Command::UpdateWorkflowDefs { defs }).await
     }
 
+    /// Removes a task definition.
+    pub async fn delete_task_def(&self, name: String) -> Result<Committed, ApiError> {
+        self.write(Command::DeleteTaskDef { name }).await
+    }
+
+    /// Removes one version of a workflow definition.
+    pub async fn delete_workflow_def(&self, name: String, version: u32) -> Result<Committed, ApiError> {
+        self.write(Command::DeleteWorkflowDef { name, version }).await
+    }
+
     /// One task definition.
     pub async fn task_def(&self, name: &str, consistency: Consistency) -> Result<TaskDef, ApiError> {
         self.barrier(consistency).await?;

@@ -38,6 +38,13 @@ impl StateView for MemoryState {
             .last()
             .map(|(_, d)| d.clone()))
     }
+    fn workflow_def_versions(&self, name: &str) -> Result<Vec<u32>, StateError> {
+        Ok(self
+            .workflow_defs
+            .range((name.to_string(), 0)..=(name.to_string(), u32::MAX))
+            .map(|((_, v), _)| *v)
+            .collect())
+    }
     fn workflow(&self, id: &str) -> Result<Option<Workflow>, StateError> {
         Ok(self.workflows.get(id).cloned())
     }
@@ -71,6 +78,12 @@ impl MemoryState {
                 }
                 Mutation::PutTaskIndex { task_id, workflow_id } => {
                     self.task_index.insert(task_id, workflow_id);
+                }
+                Mutation::DeleteTaskDef { name } => {
+                    self.task_defs.remove(&name);
+                }
+                Mutation::DeleteWorkflowDef { name, version } => {
+                    self.workflow_defs.remove(&(name, version));
                 }
             }
         }

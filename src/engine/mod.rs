@@ -171,6 +171,21 @@ pub enum Command {
     },
     /// Several commands proposed as one log entry (group commit); each is applied in order and answered alone.
     Batch(Vec<Command>),
+    // New variants go after this line: the log stores a variant by its position.
+    /// Remove a task definition (Conductor `DELETE /api/metadata/taskdefs/{name}`). Workflows already running keep
+    /// the copy they need: a worker task without a definition runs with Conductor's defaults.
+    DeleteTaskDef {
+        /// The definition's name.
+        name: String,
+    },
+    /// Remove one version of a workflow definition (Conductor `DELETE /api/metadata/workflow/{name}/{version}`).
+    /// Running workflows keep the definition they started with.
+    DeleteWorkflowDef {
+        /// The definition's name.
+        name: String,
+        /// The version.
+        version: u32,
+    },
 }
 
 impl Command {
@@ -197,6 +212,8 @@ impl Command {
             Command::ExtendLease { .. } => "extend_lease",
             Command::AppendTaskLog { .. } => "append_task_log",
             Command::Batch(_) => "batch",
+            Command::DeleteTaskDef { .. } => "delete_task_def",
+            Command::DeleteWorkflowDef { .. } => "delete_workflow_def",
         }
     }
 
@@ -346,6 +363,18 @@ pub enum Mutation {
         /// The workflow it started.
         workflow_id: String,
     },
+    /// Remove a task definition.
+    DeleteTaskDef {
+        /// Its name.
+        name: String,
+    },
+    /// Remove one version of a workflow definition.
+    DeleteWorkflowDef {
+        /// Its name.
+        name: String,
+        /// The version.
+        version: u32,
+    },
 }
 
 /// The state could not be read. Fatal for the node: applying must stop rather than diverge.
@@ -361,6 +390,8 @@ pub trait StateView {
     fn workflow_def(&self, name: &str, version: u32) -> Result<Option<WorkflowDef>, StateError>;
     /// The highest version of the workflow definition of that name.
     fn latest_workflow_def(&self, name: &str) -> Result<Option<WorkflowDef>, StateError>;
+    /// Every version of the workflow definition of that name, ascending.
+    fn workflow_def_versions(&self, name: &str) -> Result<Vec<u32>, StateError>;
     /// The workflow execution with that id.
     fn workflow(&self, id: &str) -> Result<Option<Workflow>, StateError>;
     /// The workflow a start with this idempotency key created.
@@ -453,6 +484,24 @@ fn apply_one(state: &impl StateView, proposal: &Proposal) -> Result<Applied, Sta
                 mutations.push(Mutation::PutWorkflowDef(stamp(def, existing.as_ref(), at_ms)));
             }
         }
+        Command::DeleteTaskDef { name } => {
+            if state.task_def(name)?.is_none() {
+                return Ok(Applied::rejected(Rejection::new(
+                    RejectionKind::NotFound,
+                    format!("no task definition named '{name}'"),
+                )));
+            }
+            mutations.push(Mutation::DeleteTaskDef { name: name.clone() });
+        }
+        Command::DeleteWorkflowDef { name, version } => {
+            if state.workflow_def(name, *version)?.is_none() {
+                return Ok(Applied::rejected(Rejection::new(
+                    RejectionKind::NotFound,
+                    format!("no workflow definition named '{name}' with version {version}"),
+                )));
+            }
+            mutations.push(Mutation::DeleteWorkflowDef { name: name.clone(), version: *version });
+        }
         workflow_command => return apply_workflow_command(state, at_ms, workflow_command),
     }
     Ok(Applied { mutations, response: CommandResponse::Done })
@@ -484,8 +533,10 @@ fn apply_batch(state: &impl StateView, at_ms: u64, commands: &[Command]) -> Resu
 /// The state as of before a batch, plus what the batch's earlier commands wrote.
 struct Overlay<'s, S: StateView> {
     base: &'s S,
-    task_defs: std::collections::BTreeMap<String, TaskDef>,
-    workflow_defs: std::collections::BTreeMap<(String, u32), WorkflowDef>,
+    /// Written (`Some`) or deleted (`None`) by the batch so far.
+    task_defs: std::collections::BTreeMap<String, Option<TaskDef>>,
+    /// Written (`Some`) or deleted (`None`) by the batch so far.
+    workflow_defs: std::collections::BTreeMap<(String, u32), Option<WorkflowDef>>,
     workflows: std::collections::BTreeMap<String, Workflow>,
     idempotency_keys: std::collections::BTreeMap<String, String>,
     type_stats: std::collections::BTreeMap<String, model::TypeStats>,
@@ -495,10 +546,16 @@ impl<S: StateView> Overlay<'_, S> {
     fn record(&mut self, mutation: &Mutation) {
         match mutation {
             Mutation::PutTaskDef(d) => {
-                self.task_defs.insert(d.name.clone(), d.clone());
+                self.task_defs.insert(d.name.clone(), Some(d.clone()));
             }
             Mutation::PutWorkflowDef(d) => {
-                self.workflow_defs.insert((d.name.clone(), workflow_version(d)), d.clone());
+                self.workflow_defs.insert((d.name.clone(), workflow_version(d)), Some(d.clone()));
+            }
+            Mutation::DeleteTaskDef { name } => {
+                self.task_defs.insert(name.clone(), None);
+            }
+            Mutation::DeleteWorkflowDef { name, version } => {
+                self.workflow_defs.insert((name.clone(), *version), None);
             }
             Mutation::PutWorkflow(w) => {
                 self.workflows.insert(w.workflow_id.clone(), w.as_ref().clone());
@@ -518,24 +575,32 @@ impl<S: StateView> Overlay<'_, S> {
 impl<S: StateView> StateView for Overlay<'_, S> {
     fn task_def(&self, name: &str) -> Result<Option<TaskDef>, StateError> {
         match self.task_defs.get(name) {
-            Some(d) => Ok(Some(d.clone())),
+            Some(d) => Ok(d.clone()),
             None => self.base.task_def(name),
         }
     }
     fn workflow_def(&self, name: &str, version: u32) -> Result<Option<WorkflowDef>, StateError> {
         match self.workflow_defs.get(&(name.to_string(), version)) {
-            Some(d) => Ok(Some(d.clone())),
+            Some(d) => Ok(d.clone()),
             None => self.base.workflow_def(name, version),
         }
     }
     fn latest_workflow_def(&self, name: &str) -> Result<Option<WorkflowDef>, StateError> {
-        let written = self.workflow_defs.range((name.to_string(), 0)..=(name.to_string(), u32::MAX)).last();
-        let base = self.base.latest_workflow_def(name)?;
-        Ok(match (written, base) {
-            (Some((_, w)), Some(b)) => Some(if w.version >= b.version { w.clone() } else { b }),
-            (Some((_, w)), None) => Some(w.clone()),
-            (None, b) => b,
-        })
+        match self.workflow_def_versions(name)?.last() {
+            Some(version) => self.workflow_def(name, *version),
+            None => Ok(None),
+        }
+    }
+    fn workflow_def_versions(&self, name: &str) -> Result<Vec<u32>, StateError> {
+        let mut versions: std::collections::BTreeSet<u32> =
+            self.base.workflow_def_versions(name)?.into_iter().collect();
+        for ((_, version), def) in self.workflow_defs.range((name.to_string(), 0)..=(name.to_string(), u32::MAX)) {
+            match def {
+                Some(_) => versions.insert(*version),
+                None => versions.remove(version),
+            };
+        }
+        Ok(versions.into_iter().collect())
     }
     fn workflow(&self, id: &str) -> Result<Option<Workflow>, StateError> {
         match self.workflows.get(id) {
@@ -601,7 +666,9 @@ fn apply_workflow_command(state: &impl StateView, at_ms: u64, command: &Command)
         Command::RegisterTaskDefs { .. }
         | Command::UpdateTaskDef { .. }
         | Command::RegisterWorkflowDef { .. }
-        | Command::UpdateWorkflowDefs { .. } => unreachable!("metadata commands are applied by apply()"),
+        | Command::UpdateWorkflowDefs { .. }
+        | Command::DeleteTaskDef { .. }
+        | Command::DeleteWorkflowDef { .. } => unreachable!("metadata commands are applied by apply()"),
     };
     match outcome {
         Ok(response) => Ok(Applied { mutations: exec.finish()?, response }),

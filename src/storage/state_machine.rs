@@ -265,6 +265,24 @@ impl StateView for RocksView<'_> {
         versions.map(|mut v| v.pop()).map_err(|e| StateError(e.to_string()))
     }
 
+    fn workflow_def_versions(&self, name: &str) -> Result<Vec<u32>, StateError> {
+        let prefix = keys::workflow_def_versions(keys::PARTITION_0, name);
+        let mut opts = ReadOptions::default();
+        if let Some(end) = keys::prefix_end(&prefix) {
+            opts.set_iterate_upper_bound(end);
+        }
+        let cf = self.0.cf(keys::CF_STATE);
+        let mut versions = Vec::new();
+        for item in self.0.raw().iterator_cf_opt(cf, opts, IteratorMode::From(&prefix, Direction::Forward)) {
+            let (key, _) = item.map_err(|e| StateError(e.to_string()))?;
+            let suffix: [u8; 4] = key[prefix.len()..]
+                .try_into()
+                .map_err(|_| StateError(format!("workflow definition key of {} bytes", key.len())))?;
+            versions.push(u32::from_be_bytes(suffix));
+        }
+        Ok(versions)
+    }
+
     fn workflow(&self, id: &str) -> Result<Option<Workflow>, StateError> {
         read_record(self.0, &keys::workflow(keys::PARTITION_0, id)).map_err(|e| StateError(e.to_string()))
     }
@@ -325,7 +343,8 @@ impl StateMachineStore {
     /// Writes an entry's mutations into `batch`, the last write of each key winning (a batch of commands may
     /// write one workflow several times), and returns the digest after them.
     fn write_mutations(&self, batch: &mut WriteBatch, mutations: &[Mutation]) -> Result<StateDigest, ReadError> {
-        let mut writes: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        // Last write of a key wins; `None` deletes it.
+        let mut writes: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
         for mutation in mutations {
             let (key, value) = encode_mutation(mutation)?;
             writes.insert(key, value);
@@ -333,33 +352,44 @@ impl StateMachineStore {
         let cf = self.db.cf(keys::CF_STATE);
         let mut digest = self.digest;
         for (key, value) in writes {
-            if let Some(old) = self.db.get(keys::CF_STATE, &key)? {
-                digest.remove(&key, &old);
+            let old = self.db.get(keys::CF_STATE, &key)?;
+            if let Some(old) = &old {
+                digest.remove(&key, old);
             }
-            digest.add(&key, &value);
-            batch.put_cf(cf, key, value);
+            match value {
+                Some(value) => {
+                    digest.add(&key, &value);
+                    batch.put_cf(cf, key, value);
+                }
+                None if old.is_some() => batch.delete_cf(cf, key),
+                None => {}
+            }
         }
         Ok(digest)
     }
 }
 
-/// The `state` key and encoded value a mutation writes.
-fn encode_mutation(mutation: &Mutation) -> Result<(Vec<u8>, Vec<u8>), codec::CodecError> {
+/// The `state` key a mutation changes, and the encoded value it writes there (`None`: it deletes the key).
+fn encode_mutation(mutation: &Mutation) -> Result<(Vec<u8>, Option<Vec<u8>>), codec::CodecError> {
     Ok(match mutation {
-        Mutation::PutTaskDef(def) => (keys::task_def(keys::PARTITION_0, &def.name), codec::encode(def)?),
+        Mutation::PutTaskDef(def) => (keys::task_def(keys::PARTITION_0, &def.name), Some(codec::encode(def)?)),
         Mutation::PutWorkflowDef(def) => {
-            (keys::workflow_def(keys::PARTITION_0, &def.name, engine::workflow_version(def)), codec::encode(def)?)
+            (keys::workflow_def(keys::PARTITION_0, &def.name, engine::workflow_version(def)), Some(codec::encode(def)?))
         }
         Mutation::PutTypeStats { task_type, stats } => {
-            (keys::type_stats(keys::PARTITION_0, task_type), codec::encode(stats)?)
+            (keys::type_stats(keys::PARTITION_0, task_type), Some(codec::encode(stats)?))
         }
         Mutation::PutIdempotencyKey { key, workflow_id } => {
-            (keys::idempotency_key(keys::PARTITION_0, key), codec::encode(workflow_id)?)
+            (keys::idempotency_key(keys::PARTITION_0, key), Some(codec::encode(workflow_id)?))
         }
-        Mutation::PutWorkflow(wf) => (keys::workflow(keys::PARTITION_0, &wf.workflow_id), codec::encode(wf.as_ref())?),
+        Mutation::PutWorkflow(wf) => {
+            (keys::workflow(keys::PARTITION_0, &wf.workflow_id), Some(codec::encode(wf.as_ref())?))
+        }
         Mutation::PutTaskIndex { task_id, workflow_id } => {
-            (keys::task_index(keys::PARTITION_0, task_id), codec::encode(workflow_id)?)
+            (keys::task_index(keys::PARTITION_0, task_id), Some(codec::encode(workflow_id)?))
         }
+        Mutation::DeleteTaskDef { name } => (keys::task_def(keys::PARTITION_0, name), None),
+        Mutation::DeleteWorkflowDef { name, version } => (keys::workflow_def(keys::PARTITION_0, name, *version), None),
     })
 }
 
@@ -637,13 +667,27 @@ mod tests {
         let hash = a.reader().verified_state_hash().expect("running digest equals the scan");
         assert_eq!(hash.applied_index, 3);
         assert_eq!(a.reader().task_def("a").expect("reads").expect("exists").retry_count, 2);
+        // A deletion takes the pair out of the digest; deleting what is not there changes nothing.
+        let delete = |index, name: &str| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Proposal {
+                at_ms: index,
+                command: Command::Batch(vec![
+                    Command::DeleteTaskDef { name: name.into() },
+                    Command::DeleteTaskDef { name: "never-registered".into() },
+                ]),
+            }),
+        };
+        a.apply([entry(4, "gone"), delete(5, "gone")]).await.expect("applies");
+        assert!(a.reader().task_def("gone").expect("reads").is_none());
+        assert_eq!(a.reader().verified_state_hash().expect("verifies").hex, hash.hex, "back to the state of index 3");
 
         let mut b = StateMachineStore::new(open(dir_b.path())).expect("opens");
         b.apply([entry(1, "stale")]).await.expect("applies");
         let snapshot = a.get_snapshot_builder().await.build_snapshot().await.expect("builds");
         b.install_snapshot(&snapshot.meta, snapshot.snapshot).await.expect("installs");
-        b.apply([entry(4, "c")]).await.expect("applies after the snapshot");
-        a.apply([entry(4, "c")]).await.expect("applies");
+        b.apply([entry(6, "c")]).await.expect("applies after the snapshot");
+        a.apply([entry(6, "c")]).await.expect("applies");
         assert_eq!(b.reader().verified_state_hash().expect("verifies"), a.reader().state_hash().expect("hash"));
 
         drop(b);

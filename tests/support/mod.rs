@@ -772,6 +772,12 @@ pub async fn put_json(target: &(impl Endpoint + ?Sized), path: &str, body: &Valu
     reply(req).await.with_context(|| format!("PUT {url}"))
 }
 
+/// `DELETE base+path`.
+pub async fn delete(target: &(impl Endpoint + ?Sized), path: &str) -> Result<Reply> {
+    let url = format!("{}{path}", target.base());
+    reply(client().delete(&url)).await.with_context(|| format!("DELETE {url}"))
+}
+
 /// A Conductor TaskDef.
 pub fn task_def(name: &str) -> Value {
     json!({"name": name, "retryCount": 3, "timeoutSeconds": 600, "responseTimeoutSeconds": 300})

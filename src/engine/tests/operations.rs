@@ -356,3 +356,58 @@ fn a_start_repeated_with_the_same_idempotency_key_answers_the_same_workflow() {
     };
     assert_eq!(answers[0], answers[1]);
 }
+
+#[test]
+fn deleting_definitions_leaves_running_workflows_alone_and_unknown_ones_are_not_found() {
+    let mut w = World::new();
+    two_step(&mut w);
+    w.workflow_def(json!({"name": "two", "version": 2, "tasks": [{"name": "a", "taskReferenceName": "a"}]}));
+    let running = w.start("two", json!({}));
+    assert_eq!(w.wf(&running).workflow_version, 2);
+
+    let delete_v2 = Command::DeleteWorkflowDef { name: "two".into(), version: 2 };
+    assert_eq!(w.run(delete_v2.clone()), CommandResponse::Done);
+    assert_eq!(rejected(w.run(delete_v2)), RejectionKind::NotFound);
+    assert_eq!(
+        rejected(w.run(Command::DeleteWorkflowDef { name: "nope".into(), version: 1 })),
+        RejectionKind::NotFound
+    );
+    assert_eq!(w.run(Command::DeleteTaskDef { name: "b".into() }), CommandResponse::Done);
+    assert_eq!(rejected(w.run(Command::DeleteTaskDef { name: "b".into() })), RejectionKind::NotFound);
+    assert!(!w.state.task_defs.contains_key("b") && w.state.task_defs.contains_key("a"));
+
+    // The latest version is now 1; the workflow that started on version 2 runs to the end on its own copy.
+    let next = w.start("two", json!({}));
+    assert_eq!(w.wf(&next).workflow_version, 1);
+    w.complete(&running, "a", json!({}));
+    assert_eq!(w.status(&running), WorkflowStatus::Completed);
+}
+
+#[test]
+fn a_batch_sees_the_deletions_of_its_earlier_commands() {
+    let mut w = World::new();
+    two_step(&mut w);
+    let v3: crate::engine::definitions::WorkflowDef = parse_json(
+        &json!({"name": "two", "version": 3, "tasks": [{"name": "a", "taskReferenceName": "a"}]}).to_string(),
+    )
+    .expect("parses");
+    let start = w.start_request("two", json!({}));
+    let started = start.workflow_id.clone();
+    let CommandResponse::Batch(answers) = w.run(Command::Batch(vec![
+        Command::RegisterWorkflowDef { def: v3, overwrite: false },
+        Command::DeleteWorkflowDef { name: "two".into(), version: 3 },
+        Command::StartWorkflow(start),
+        Command::DeleteTaskDef { name: "a".into() },
+        Command::DeleteTaskDef { name: "a".into() },
+        Command::DeleteWorkflowDef { name: "two".into(), version: 3 },
+    ])) else {
+        panic!("expected the batch's answers")
+    };
+    assert_eq!(answers[..2], [CommandResponse::Done, CommandResponse::Done]);
+    assert_eq!(answers[2], CommandResponse::WorkflowStarted { workflow_id: started.clone() });
+    assert_eq!(w.wf(&started).workflow_version, 1, "the start saw version 3 deleted");
+    assert_eq!(answers[3], CommandResponse::Done);
+    assert_eq!(rejected(answers[4].clone()), RejectionKind::NotFound);
+    assert_eq!(rejected(answers[5].clone()), RejectionKind::NotFound);
+    assert_eq!(w.state.workflow_defs.keys().map(|(_, v)| *v).collect::<Vec<_>>(), [1]);
+}

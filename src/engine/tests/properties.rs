@@ -36,6 +36,8 @@ enum Action {
     Redeliver(usize, usize, bool),
     /// A worker takes a pending task under a lease.
     Lease(usize, usize),
+    /// An operator deletes a task definition (true: registers it again) while workflows use it.
+    ChurnTaskDef(usize, bool),
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -57,8 +59,12 @@ fn action() -> impl Strategy<Value = Action> {
         1 => (i.clone(), i.clone()).prop_map(|(a, b)| Action::Skip(a, b)),
         3 => (i.clone(), 0usize..16, any::<bool>()).prop_map(|(a, b, ok)| Action::Redeliver(a, b, ok)),
         4 => (i.clone(), i.clone()).prop_map(|(a, b)| Action::Lease(a, b)),
+        1 => (0usize..3, any::<bool>()).prop_map(|(a, again)| Action::ChurnTaskDef(a, again)),
     ]
 }
+
+/// The task definitions [`world`] registers.
+const TASK_NAMES: [&str; 3] = ["a", "b", "c"];
 
 const SHAPES: [&str; 4] = ["seq", "fork", "switch", "loop"];
 
@@ -114,6 +120,11 @@ fn command(w: &World, ids: &[String], action: &Action) -> Option<Command> {
     };
     Some(match action {
         Action::Start(_) | Action::Advance(_) => return None,
+        Action::ChurnTaskDef(a, false) => Command::DeleteTaskDef { name: TASK_NAMES[*a].into() },
+        Action::ChurnTaskDef(a, true) => {
+            let def = json!({"name": TASK_NAMES[*a], "retryCount": 1}).to_string();
+            Command::RegisterTaskDefs { defs: vec![crate::engine::definitions::parse_json(&def).expect("parses")] }
+        }
         Action::Complete(a, b) | Action::Fail(a, b) | Action::FailTerminal(a, b) | Action::Progress(a, b, _) => {
             let workflow_id = pick(*a)?;
             let task_id = pending(&workflow_id, *b)?;
