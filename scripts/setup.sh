@@ -26,6 +26,14 @@ if command -v python3 >/dev/null 2>&1 && ! python3 -c "import grpc, grpc_tools" 
     echo "setup: pip install grpcio grpcio-tools failed; the Python worker test will fail" >&2
 fi
 
+# The Conductor SDK test (tests/conductor_sdk.rs) runs Netflix Conductor's official Python SDK, unchanged.
+if command -v python3 >/dev/null 2>&1 &&
+  ! python3 -c "import conductor.client, importlib.metadata as m; assert m.version('conductor-python') == '2.0.0'" >/dev/null 2>&1; then
+  echo "setup: installing conductor-python==2.0.0 (pip)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check conductor-python==2.0.0 >/dev/null 2>&1 ||
+    echo "setup: pip install conductor-python failed; the Conductor SDK test will fail" >&2
+fi
+
 # Link the system RocksDB (rust-rocksdb 0.21 matches Debian's 7.8).
 ROCKSDB_LIB_DIR="$(dirname "$(find /usr/lib -name 'librocksdb.so' -print -quit)")"
 export ROCKSDB_LIB_DIR

@@ -91,6 +91,7 @@ fn not_ready(reason: String) -> Response {
 #[derive(Debug, Deserialize)]
 struct StatusParams {
     /// Recompute the state hash from a full scan and fail if it disagrees with the running one.
+    #[serde(default, deserialize_with = "crate::api::query::lenient_bool")]
     verify: Option<bool>,
 }
 
@@ -136,6 +137,7 @@ impl ReadParams {
 
 #[derive(Debug, Deserialize)]
 struct RegisterParams {
+    #[serde(default, deserialize_with = "crate::api::query::lenient_bool")]
     overwrite: Option<bool>,
 }
 
@@ -250,6 +252,7 @@ async fn start_workflow_by_name(
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct GetWorkflowParams {
+    #[serde(default, deserialize_with = "crate::api::query::lenient_bool")]
     include_tasks: Option<bool>,
     consistency: Option<String>,
 }
@@ -305,6 +308,7 @@ async fn retry_workflow(
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RestartParams {
+    #[serde(default, deserialize_with = "crate::api::query::lenient_bool")]
     use_latest_definitions: Option<bool>,
 }
 
