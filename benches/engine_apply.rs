@@ -49,6 +49,7 @@ fn start(id: &str) -> Command {
         priority: 0,
         task_to_domain: BTreeMap::new(),
         idempotency_key: None,
+        idempotency_strategy: Default::default(),
     })
 }
 

@@ -117,6 +117,36 @@ async fn routing_slips_bad_definitions_and_operations_through_the_cluster() -> R
     let reply = get(via, "/api/metadata/workflow/slip").await?;
     ensure!(reply.status == 404, "an inline definition must not be registered: {}", reply.status);
 
+    // Conductor's status summary; output and variables only when asked for.
+    let summary = get(via, &format!("/api/workflow/{id}/status")).await?.ok()?.json()?;
+    ensure!(summary["workflowId"] == id.as_str() && summary["status"] == "RUNNINGX", "{summary}");
+    ensure!(summary.get("output").is_none() && summary.get("variables").is_none(), "{summary}");
+    let summary = get(via, &format!("/api/workflow/{id}/status?includeOutput=true&includeVariables=True")).await?;
+    let summary = summary.ok()?.json()?;
+    ensure!(summary["output"].is_object() && summary["variables"].is_object(), "{summary}");
+    let reply = get(via, "/api/workflow/no-such-id/status").await?;
+    ensure!(reply.status == 404 && reply.json()?["message"].is_string(), "{}: {}", reply.status, reply.body);
+    let reply = get(via, &format!("/api/workflow/{id}/status?includeOutput=perhaps")).await?;
+    let body = reply.json()?;
+    ensure!(body["status"] == 400 && body["message"].as_str().is_some_and(|m| m.contains("perhaps")), "{body}");
+
+    // Idempotency keys: RETURN_EXISTING (the default) answers the same id, FAIL answers 409, FAIL_ON_RUNNING too
+    // while that workflow runs; an unknown strategy is 400.
+    let keyed = json!({"name": "slip", "idempotencyKey": "order-1", "workflowDef": slip["workflowDef"]});
+    let first = post_json(via, "/api/workflow", &keyed).await?.ok()?.body;
+    let again = post_json(via, "/api/workflow", &keyed).await?.ok()?.body;
+    ensure!(first == again, "RETURN_EXISTING: {first} then {again}");
+    for strategy in ["FAIL", "FAIL_ON_RUNNING"] {
+        let mut req = keyed.clone();
+        req["idempotencyStrategy"] = json!(strategy);
+        let reply = post_json(via, "/api/workflow", &req).await?;
+        ensure!(reply.status == 409 && reply.body.contains(&first), "{strategy}: {} {}", reply.status, reply.body);
+    }
+    let mut req = keyed.clone();
+    req["idempotencyStrategy"] = json!("SOMETIMES");
+    let reply = post_json(via, "/api/workflow", &req).await?;
+    ensure!(reply.status == 400 && reply.body.contains("idempotencyStrategy"), "{} {}", reply.status, reply.body);
+
     // Pause, resume, terminate.
     let put = client().put(format!("{}/api/workflow/{id}/pause", via.http_base())).send().await?;
     ensure!(put.status() == 200, "pause: {}", put.status());

@@ -11,7 +11,7 @@ use crate::api::gateway::Consistency;
 use crate::api::metadata::parse_document;
 use crate::api::workflows::{ListFilter, StartWorkflowRequest, WorkflowApi};
 use crate::engine::model::{LeaseRef, TaskStatus};
-use crate::engine::ops::TaskUpdate;
+use crate::engine::ops::{IdempotencyStrategy, TaskUpdate};
 use crate::engine::Command;
 use crate::pb::v1 as pb;
 use crate::pb::v1::task_service_server::TaskService;
@@ -84,6 +84,7 @@ impl WorkflowService for WorkflowGrpc {
             workflow_def,
             priority: r.priority,
             idempotency_key: (!r.idempotency_key.is_empty()).then_some(r.idempotency_key),
+            idempotency_strategy: idempotency_strategy(&r.idempotency_strategy)?,
             ..Default::default()
         };
         let workflow_id = self.api.start(req).await?;
@@ -389,4 +390,16 @@ impl TaskService for TaskGrpc {
         self.api.command(Command::ExtendLease { workflow_id: r.workflow_id, task_id: r.task_id, lease }).await?;
         Ok(reply(&self.api, pb::ExtendLeaseReply {}))
     }
+}
+
+/// The `idempotency_strategy` field: empty, or one of Conductor's names.
+fn idempotency_strategy(name: &str) -> Result<Option<IdempotencyStrategy>, Status> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_value(Value::String(name.to_string())).map(Some).map_err(|_| {
+        Status::invalid_argument(format!(
+            "idempotency_strategy: expected RETURN_EXISTING, FAIL or FAIL_ON_RUNNING, got '{name}'"
+        ))
+    })
 }

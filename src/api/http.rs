@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::api::error::ApiError;
 use crate::api::metadata::{parse_document, Consistency, MetadataApi};
+use crate::api::query::Query;
 use crate::api::status::NodeStatus;
 use crate::api::workflows::{RerunWorkflowRequest, StartWorkflowRequest, WorkflowApi};
 use crate::engine::definitions::{TaskDef, WorkflowDef};
@@ -52,6 +53,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/metadata/workflow/{name}/{version}", delete(delete_workflow_def))
         .route("/api/workflow", post(start_workflow))
         .route("/api/workflow/{id}", get(get_workflow).post(start_workflow_by_name).delete(terminate_workflow))
+        .route("/api/workflow/{id}/status", get(workflow_status))
         .route("/api/workflow/{id}/pause", put(pause_workflow))
         .route("/api/workflow/{id}/resume", put(resume_workflow))
         .route("/api/workflow/{id}/retry", post(retry_workflow))
@@ -264,6 +266,39 @@ async fn get_workflow(
 ) -> Result<Json<Workflow>, ApiError> {
     let consistency = ReadParams { consistency: params.consistency, version: None }.consistency()?;
     Ok(Json(state.workflows.get(&id, params.include_tasks.unwrap_or(true), consistency).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusSummaryParams {
+    #[serde(default, deserialize_with = "crate::api::query::lenient_bool")]
+    include_output: Option<bool>,
+    #[serde(default, deserialize_with = "crate::api::query::lenient_bool")]
+    include_variables: Option<bool>,
+    consistency: Option<String>,
+}
+
+/// `GET /api/workflow/{id}/status`: Conductor's `WorkflowStatus` summary (id, correlation id, status, and output
+/// and variables when asked for).
+async fn workflow_status(
+    State(state): State<HttpState>,
+    Path(id): Path<String>,
+    Query(params): Query<StatusSummaryParams>,
+) -> Result<Json<Value>, ApiError> {
+    let consistency = ReadParams { consistency: params.consistency, version: None }.consistency()?;
+    let wf = state.workflows.get(&id, false, consistency).await?;
+    let mut summary = serde_json::json!({
+        "workflowId": wf.workflow_id,
+        "correlationId": wf.correlation_id,
+        "status": wf.status.as_str(),
+    });
+    if params.include_output.unwrap_or(false) {
+        summary["output"] = Value::Object(wf.output);
+    }
+    if params.include_variables.unwrap_or(false) {
+        summary["variables"] = Value::Object(wf.variables);
+    }
+    Ok(Json(summary))
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,7 +4,7 @@
 //! Conductor's REST results carry no lease token: a result is accepted for the attempt named by its task id while
 //! the attempt is IN_PROGRESS, whoever polled it; each attempt is still finished at most once.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,6 +14,7 @@ use serde::Deserialize;
 use crate::api::error::ApiError;
 use crate::api::http::{HttpState, ReadParams};
 use crate::api::metadata::{parse_document, Consistency};
+use crate::api::query::Query;
 use crate::api::workflows::TaskResult;
 use crate::engine::model::{LeaseRef, TaskStatus};
 use crate::engine::Command;

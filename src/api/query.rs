@@ -2,7 +2,31 @@
 //! from true/false, on/off, yes/no or 1/0, and Conductor's clients rely on it: the Python SDK sends its booleans as
 //! Python spells them (`?overwrite=True`, `?includeTasks=True`).
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
+
+use crate::api::error::ApiError;
+
+/// Axum's `Query`, but a query string that does not parse is answered as all bad input is: 400 with Conductor's
+/// error body naming the parameter, not axum's plain-text rejection.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri).map(|q| Query(q.0)).map_err(|e| ApiError::Invalid {
+            message: format!(
+                "query string: {}",
+                e.body_text().trim_start_matches("Failed to deserialize query string: ")
+            ),
+            field_errors: Vec::new(),
+        })
+    }
+}
 
 /// A boolean query parameter, read the way Spring reads one; an empty value is absent.
 pub(crate) fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {

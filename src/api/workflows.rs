@@ -10,7 +10,7 @@ use crate::api::error::ApiError;
 use crate::api::gateway::{Consistency, Gateway};
 use crate::engine::definitions::WorkflowDef;
 use crate::engine::model::{Task, TaskStatus, Workflow};
-use crate::engine::ops::{StartWorkflow, TaskUpdate};
+use crate::engine::ops::{IdempotencyStrategy, StartWorkflow, TaskUpdate};
 use crate::engine::{Command, CommandResponse};
 
 /// Conductor's `StartWorkflowRequest`.
@@ -35,8 +35,11 @@ pub struct StartWorkflowRequest {
     /// Priority 0-99.
     #[serde(default)]
     pub priority: u32,
-    /// A start retried with the same key answers the same workflow id, also across leader changes.
+    /// A start retried with the same key answers the same workflow id, also across leader changes (unless
+    /// `idempotency_strategy` says otherwise).
     pub idempotency_key: Option<String>,
+    /// `RETURN_EXISTING` (Baton's default), `FAIL` or `FAIL_ON_RUNNING`.
+    pub idempotency_strategy: Option<IdempotencyStrategy>,
 }
 
 /// Conductor's `TaskResult`.
@@ -133,6 +136,7 @@ impl WorkflowApi {
             priority: req.priority,
             task_to_domain: req.task_to_domain,
             idempotency_key: req.idempotency_key,
+            idempotency_strategy: req.idempotency_strategy.unwrap_or_default(),
         };
         let committed = self.gateway.write(Command::StartWorkflow(start)).await?;
         match committed.response {

@@ -31,9 +31,29 @@ pub struct StartWorkflow {
     pub priority: u32,
     /// Task type -> domain.
     pub task_to_domain: BTreeMap<String, String>,
-    /// The caller's idempotency key: a start with a key already used answers the workflow it started.
+    /// The caller's idempotency key: what a start with a key already used does is `idempotency_strategy`.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// What a start does when its key started a workflow before. Entries written before it existed decode as
+    /// `ReturnExisting`, the only behaviour they knew.
+    #[serde(default)]
+    pub idempotency_strategy: IdempotencyStrategy,
+}
+
+/// What a start does when its idempotency key already started a workflow (Conductor's `idempotencyStrategy`).
+///
+/// Conductor's default is `FAIL`; Baton's is `RETURN_EXISTING`, because a start whose outcome is unknown (the
+/// leader died before answering) is retried with the same key and must answer the workflow it may have started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum IdempotencyStrategy {
+    /// Answer the id of the workflow the key started.
+    #[default]
+    ReturnExisting,
+    /// Refuse the start (409).
+    Fail,
+    /// Refuse while the workflow the key started is RUNNING or PAUSED; otherwise start a new one under the key.
+    FailOnRunning,
 }
 
 /// What a worker (or an operator) reports for a task (Conductor's `TaskResult`).
@@ -94,7 +114,23 @@ impl<S: StateView> Exec<'_, S> {
     pub fn op_start(&mut self, req: &StartWorkflow) -> OpResult<String> {
         if let Some(key) = req.idempotency_key.as_deref().filter(|k| !k.is_empty()) {
             if let Some(existing) = self.idempotent_start(key)? {
-                return Ok(Ok(existing));
+                match req.idempotency_strategy {
+                    IdempotencyStrategy::ReturnExisting => return Ok(Ok(existing)),
+                    IdempotencyStrategy::Fail => {
+                        return Ok(Err(Refusal::Conflict(format!(
+                            "idempotency key '{key}' already started workflow {existing}"
+                        ))))
+                    }
+                    IdempotencyStrategy::FailOnRunning => {
+                        let status = self.workflow(&existing)?.map(|wf| wf.status);
+                        if let Some(status @ (WorkflowStatus::Running | WorkflowStatus::Paused)) = status {
+                            return Ok(Err(Refusal::Conflict(format!(
+                                "idempotency key '{key}' started workflow {existing}, which is {}",
+                                status.as_str()
+                            ))));
+                        }
+                    }
+                }
             }
         }
         let def = match &req.definition {

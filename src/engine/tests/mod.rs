@@ -68,6 +68,7 @@ impl World {
             priority: 0,
             task_to_domain: BTreeMap::new(),
             idempotency_key: None,
+            idempotency_strategy: Default::default(),
         }
     }
 

@@ -411,3 +411,36 @@ fn a_batch_sees_the_deletions_of_its_earlier_commands() {
     assert_eq!(rejected(answers[5].clone()), RejectionKind::NotFound);
     assert_eq!(w.state.workflow_defs.keys().map(|(_, v)| *v).collect::<Vec<_>>(), [1]);
 }
+
+#[test]
+fn idempotency_strategies_fail_return_existing_or_fail_only_while_running() {
+    use crate::engine::ops::IdempotencyStrategy;
+    let mut w = World::new();
+    two_step(&mut w);
+    let start = |w: &mut World, strategy| {
+        let mut req = w.start_request("two", json!({}));
+        req.idempotency_key = Some("order-7".into());
+        req.idempotency_strategy = strategy;
+        w.run(Command::StartWorkflow(req))
+    };
+    let CommandResponse::WorkflowStarted { workflow_id: first } = start(&mut w, IdempotencyStrategy::Fail) else {
+        panic!("the first start with a key starts")
+    };
+    assert_eq!(rejected(start(&mut w, IdempotencyStrategy::Fail)), RejectionKind::Conflict);
+    assert_eq!(rejected(start(&mut w, IdempotencyStrategy::FailOnRunning)), RejectionKind::Conflict);
+    let again = start(&mut w, IdempotencyStrategy::ReturnExisting);
+    assert_eq!(again, CommandResponse::WorkflowStarted { workflow_id: first.clone() });
+
+    // Once the first has ended, FAIL_ON_RUNNING starts a new workflow and the key now names it.
+    w.complete(&first, "a", json!({}));
+    w.complete(&first, "b", json!({}));
+    assert_eq!(w.status(&first), WorkflowStatus::Completed);
+    let CommandResponse::WorkflowStarted { workflow_id: second } = start(&mut w, IdempotencyStrategy::FailOnRunning)
+    else {
+        panic!("a new start once the first ended")
+    };
+    assert_ne!(second, first);
+    let latest = start(&mut w, IdempotencyStrategy::ReturnExisting);
+    assert_eq!(latest, CommandResponse::WorkflowStarted { workflow_id: second });
+    assert_eq!(w.state.workflows.len(), 2);
+}
