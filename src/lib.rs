@@ -17,6 +17,7 @@
 //! - [`cli`]: the `baton` command's subcommands other than `server` (`up`, `cluster status`).
 //! - [`chaos`]: `baton chaos`, a fault-injecting runner for a local three-node cluster, with invariant checks; a
 //!   tool outside the server that uses only the public API.
+//! - [`metrics`]: the Prometheus metrics every layer records into, served at `/metrics`.
 //! - [`pb`]: code generated from proto/.
 //!
 //! The dependency rule: everything points inward, toward the engine. The engine imports nothing of the others;
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod engine;
+pub mod metrics;
 pub mod node;
 pub mod pb;
 pub mod raft;

@@ -210,6 +210,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     let grpc_task = tokio::spawn(grpc);
     let timers_task = tokio::spawn(timers::run(raft.clone(), proposer.clone(), reader.clone(), shutdown.clone()));
     let http_task = tokio::spawn(async move { http.await });
+    tokio::spawn(count_leader_changes(raft.metrics()));
 
     shutdown.cancelled().await;
     tracing::info!("shutting down: draining in-flight calls");
@@ -243,4 +244,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     }
     tracing::info!("node stopped");
     result
+}
+
+/// Counts the leader changes this node sees (`baton_raft_leader_changes_total`), until Raft shuts down.
+async fn count_leader_changes(mut raft: tokio::sync::watch::Receiver<crate::raft::RaftMetrics>) {
+    let mut leader = raft.borrow_and_update().current_leader;
+    while raft.changed().await.is_ok() {
+        let now = raft.borrow_and_update().current_leader;
+        if now.is_some() && now != leader {
+            crate::metrics::metrics().raft_leader_changes.inc();
+            leader = now;
+        }
+    }
 }

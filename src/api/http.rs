@@ -46,6 +46,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/api/cluster/status", get(cluster_status))
+        .route("/metrics", get(prometheus_metrics))
         .route("/api/metadata/taskdefs", get(list_task_defs).post(register_task_defs).put(update_task_def))
         .route("/api/metadata/taskdefs/{name}", get(get_task_def).delete(delete_task_def))
         .route("/api/metadata/workflow", get(list_workflow_defs).post(register_workflow_def).put(update_workflow_defs))
@@ -61,7 +62,49 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/workflow/{id}/rerun", post(rerun_workflow))
         .route("/api/workflow/{id}/skiptask/{task_ref}", put(skip_task))
         .merge(crate::api::http_tasks::routes())
+        .route_layer(axum::middleware::from_fn(count_request))
         .with_state(state)
+}
+
+/// Counts each request and its latency under its route (the path pattern, so ids do not make new series).
+async fn count_request(
+    route: Option<axum::extract::MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let route = route.as_ref().map_or("unmatched", |r| r.as_str());
+    let metrics = crate::metrics::metrics();
+    metrics.http_requests.with_label_values(&[method.as_str(), route, response.status().as_str()]).inc();
+    metrics.http_request_seconds.with_label_values(&[method.as_str(), route]).observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// `GET /metrics`: Prometheus's text format. Raft's indexes and the queue depths are sampled now.
+async fn prometheus_metrics(State(state): State<HttpState>) -> Response {
+    let metrics = crate::metrics::metrics();
+    let (term, is_leader, last_log, applied) = {
+        let raft = state.raft.metrics();
+        let raft = raft.borrow();
+        (
+            raft.current_term,
+            raft.current_leader == Some(raft.id),
+            raft.last_log_index.unwrap_or(0),
+            raft.last_applied.map_or(0, |id| id.index),
+        )
+    };
+    let committed = state.raft.with_raft_state(|st| st.committed.map_or(0, |id| id.index)).await.unwrap_or(applied);
+    let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    metrics.raft_term.set(gauge(term));
+    metrics.raft_is_leader.set(i64::from(is_leader));
+    metrics.raft_last_log_index.set(gauge(last_log));
+    metrics.raft_applied_index.set(gauge(applied));
+    metrics.raft_commit_index.set(gauge(committed));
+    metrics.set_queue_depths(&state.reader.pending().with(|ix| ix.depths()));
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], crate::metrics::render())
+        .into_response()
 }
 
 async fn health() -> &'static str {

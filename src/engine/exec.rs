@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::definitions::{TaskDef, WorkflowDef, WorkflowTask};
 use super::model::{Task, TaskStatus, TypeStats, Workflow, WorkflowStatus};
-use super::{expr, jq, script, Mutation, StateError, StateView};
+use super::{expr, jq, script, Mutation, StateError, StateView, Transitions};
 
 /// Most tasks one command may schedule in one workflow: a guard against definitions that loop through system
 /// tasks forever (a DO_WHILE of SET_VARIABLEs whose condition never turns false).
@@ -124,6 +124,9 @@ pub struct Exec<'s, S: StateView> {
     original_in_progress: BTreeMap<String, BTreeMap<String, u64>>,
     /// Per loaded workflow, the highest task seq before this command: tasks above it are new and get indexed.
     original_max_seq: BTreeMap<String, u32>,
+    /// Per loaded workflow, its status and the seqs of its tasks not yet ended before this command (for
+    /// [`Transitions`]; few per workflow: only its open tasks).
+    original_open: BTreeMap<String, (WorkflowStatus, BTreeSet<u32>)>,
     /// Dispatch counters read or changed by this command.
     type_stats: BTreeMap<String, TypeStats>,
     /// Counters to write back.
@@ -169,6 +172,7 @@ impl<'s, S: StateView> Exec<'s, S> {
             idempotency_keys: BTreeMap::new(),
             original_in_progress: BTreeMap::new(),
             original_max_seq: BTreeMap::new(),
+            original_open: BTreeMap::new(),
             type_stats: BTreeMap::new(),
             dirty_stats: BTreeSet::new(),
         }
@@ -186,6 +190,8 @@ impl<'s, S: StateView> Exec<'s, S> {
                 Some(wf) => {
                     self.original_in_progress.insert(id.to_string(), in_progress_by_type(&wf));
                     self.original_max_seq.insert(id.to_string(), wf.tasks.iter().map(|t| t.seq).max().unwrap_or(0));
+                    let open = wf.tasks.iter().filter(|t| !t.status.is_terminal()).map(|t| t.seq).collect();
+                    self.original_open.insert(id.to_string(), (wf.status, open));
                     self.workflows.insert(id.to_string(), wf);
                 }
                 None => return Ok(None),
@@ -298,7 +304,7 @@ impl<'s, S: StateView> Exec<'s, S> {
     }
 
     /// Runs pending decisions (cascading to parents), then hands back every changed workflow.
-    pub fn finish(mut self) -> Result<Vec<Mutation>, StateError> {
+    pub fn finish(mut self) -> Result<(Vec<Mutation>, Transitions), StateError> {
         let mut rounds = 0;
         while let Some(id) = self.to_decide.pop_first() {
             rounds += 1;
@@ -309,8 +315,10 @@ impl<'s, S: StateView> Exec<'s, S> {
         }
         let dirty: Vec<String> = self.dirty.iter().cloned().collect();
         let mut mutations = Vec::with_capacity(dirty.len());
+        let mut transitions = Transitions::default();
         for id in dirty {
             let Some(mut wf) = self.workflows.remove(&id) else { continue };
+            self.record_transitions(&wf, &mut transitions);
             wf.next_tick_ms = self.next_tick(&wf)?;
             // Keep the per-type IN_PROGRESS counters exact: the difference this command made to this workflow.
             let before = self.original_in_progress.remove(&id).unwrap_or_default();
@@ -342,7 +350,25 @@ impl<'s, S: StateView> Exec<'s, S> {
         for (key, workflow_id) in std::mem::take(&mut self.idempotency_keys) {
             mutations.push(Mutation::PutIdempotencyKey { key, workflow_id });
         }
-        Ok(mutations)
+        Ok((mutations, transitions))
+    }
+
+    /// What this command changed in `wf`'s status and its tasks' statuses.
+    fn record_transitions(&self, wf: &Workflow, transitions: &mut Transitions) {
+        let id = &wf.workflow_id;
+        let max_seq = self.original_max_seq.get(id).copied().unwrap_or(0);
+        let (before, open) = match self.original_open.get(id) {
+            Some((status, open)) => (Some(*status), Some(open)),
+            None => (None, None),
+        };
+        if before != Some(wf.status) {
+            transitions.workflows.push((before, wf.status));
+        }
+        for t in wf.tasks.iter().filter(|t| t.status.is_terminal()) {
+            if t.seq > max_seq || open.is_some_and(|open| open.contains(&t.seq)) {
+                transitions.tasks_ended.push((t.task_type.clone(), t.status));
+            }
+        }
     }
 
     // ------------------------------------------------------------------ the decider

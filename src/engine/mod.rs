@@ -407,11 +407,34 @@ pub struct Applied {
     pub mutations: Vec<Mutation>,
     /// What the proposer is told.
     pub response: CommandResponse,
+    /// The status changes the mutations make, for metrics (not written anywhere).
+    pub transitions: Transitions,
 }
 
 impl Applied {
     fn rejected(rejection: Rejection) -> Self {
-        Applied { mutations: Vec::new(), response: CommandResponse::Rejected(rejection) }
+        Applied {
+            mutations: Vec::new(),
+            response: CommandResponse::Rejected(rejection),
+            transitions: Transitions::default(),
+        }
+    }
+}
+
+/// Status changes one applied entry made: what metrics count, derived from the mutations, never read back by the
+/// engine.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transitions {
+    /// Each task that reached a terminal status: its type and that status.
+    pub tasks_ended: Vec<(String, model::TaskStatus)>,
+    /// Each workflow whose status changed: from (None for a new workflow) and to.
+    pub workflows: Vec<(Option<model::WorkflowStatus>, model::WorkflowStatus)>,
+}
+
+impl Transitions {
+    fn extend(&mut self, other: Transitions) {
+        self.tasks_ended.extend(other.tasks_ended);
+        self.workflows.extend(other.workflows);
     }
 }
 
@@ -504,7 +527,7 @@ fn apply_one(state: &impl StateView, proposal: &Proposal) -> Result<Applied, Sta
         }
         workflow_command => return apply_workflow_command(state, at_ms, workflow_command),
     }
-    Ok(Applied { mutations, response: CommandResponse::Done })
+    Ok(Applied { mutations, response: CommandResponse::Done, transitions: Transitions::default() })
 }
 
 /// Applies a batch's commands in order, each seeing the changes of those before it.
@@ -519,6 +542,7 @@ fn apply_batch(state: &impl StateView, at_ms: u64, commands: &[Command]) -> Resu
     };
     let mut mutations = Vec::new();
     let mut responses = Vec::with_capacity(commands.len());
+    let mut transitions = Transitions::default();
     for command in commands {
         let applied = apply_one(&overlay, &Proposal { at_ms, command: command.clone() })?;
         for m in &applied.mutations {
@@ -526,8 +550,9 @@ fn apply_batch(state: &impl StateView, at_ms: u64, commands: &[Command]) -> Resu
         }
         mutations.extend(applied.mutations);
         responses.push(applied.response);
+        transitions.extend(applied.transitions);
     }
-    Ok(Applied { mutations, response: CommandResponse::Batch(responses) })
+    Ok(Applied { mutations, response: CommandResponse::Batch(responses), transitions })
 }
 
 /// The state as of before a batch, plus what the batch's earlier commands wrote.
@@ -671,7 +696,10 @@ fn apply_workflow_command(state: &impl StateView, at_ms: u64, command: &Command)
         | Command::DeleteWorkflowDef { .. } => unreachable!("metadata commands are applied by apply()"),
     };
     match outcome {
-        Ok(response) => Ok(Applied { mutations: exec.finish()?, response }),
+        Ok(response) => {
+            let (mutations, transitions) = exec.finish()?;
+            Ok(Applied { mutations, response, transitions })
+        }
         Err(refusal) => {
             let (kind, message) = match refusal {
                 Refusal::NotFound(m) => (RejectionKind::NotFound, m),

@@ -30,6 +30,16 @@ pub enum WorkflowStatus {
 }
 
 impl WorkflowStatus {
+    /// Every status.
+    pub const ALL: [WorkflowStatus; 6] = [
+        WorkflowStatus::Running,
+        WorkflowStatus::Completed,
+        WorkflowStatus::Failed,
+        WorkflowStatus::TimedOut,
+        WorkflowStatus::Terminated,
+        WorkflowStatus::Paused,
+    ];
+
     /// COMPLETED, FAILED, TIMED_OUT or TERMINATED.
     pub fn is_terminal(self) -> bool {
         !matches!(self, WorkflowStatus::Running | WorkflowStatus::Paused)

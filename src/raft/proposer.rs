@@ -174,8 +174,12 @@ impl Proposer {
     /// client that wrote through a node can read its write back from that node's local state.
     pub async fn propose(&self, command: Command) -> Result<Committed, ProposeError> {
         let _permit = self.admit()?;
-        let deadline = Instant::now() + self.forward_timeout;
-        let committed = self.commit(command).await?;
+        let started = Instant::now();
+        let deadline = started + self.forward_timeout;
+        let kind = command.kind();
+        let result = self.commit(command).await;
+        crate::metrics::metrics().record_proposal(kind, started.elapsed(), result.is_ok());
+        let committed = result?;
         if committed.leader_id != self.node_id {
             let wait = self.raft.wait(Some(deadline.saturating_duration_since(Instant::now())));
             if let Err(e) = wait.applied_index_at_least(Some(committed.log_index), "read your write").await {

@@ -155,6 +155,18 @@ impl Dispatcher {
     /// the leader wherever the poll arrives; through an election the poll waits for the next leader (within its
     /// own wait) instead of failing.
     pub async fn poll(&self, args: &PollArgs) -> Result<Vec<Dispatched>, ApiError> {
+        let started = Instant::now();
+        let result = self.poll_once(args).await;
+        let outcome = match &result {
+            Ok(tasks) if tasks.is_empty() => "empty",
+            Ok(_) => "tasks",
+            Err(_) => "error",
+        };
+        crate::metrics::metrics().poll_seconds.with_label_values(&[outcome]).observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn poll_once(&self, args: &PollArgs) -> Result<Vec<Dispatched>, ApiError> {
         if args.task_type.is_empty() {
             return Err(ApiError::Invalid { message: "task_type: must not be empty".into(), field_errors: Vec::new() });
         }
@@ -364,7 +376,10 @@ impl Dispatcher {
             let wf: Option<Workflow> = self.reader.workflow(&grant.workflow_id)?;
             let task = wf.as_ref().and_then(|w| w.task(&grant.task_id)).cloned();
             match task {
-                Some(task) => out.push(Dispatched { task, grant }),
+                Some(task) => {
+                    crate::metrics::metrics().tasks_dispatched.with_label_values(&[task.task_type.as_str()]).inc();
+                    out.push(Dispatched { task, grant })
+                }
                 None => tracing::warn!(task_id = %grant.task_id, "leased task not found in the local state"),
             }
         }

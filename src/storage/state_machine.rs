@@ -112,9 +112,12 @@ impl Pending {
     fn rebuild(&self, db: &Db) -> Result<(), ReadError> {
         let workflows: Vec<Workflow> = scan(db, &keys::table_prefix(keys::PARTITION_0, keys::Table::Workflow))?;
         let mut index = PendingIndex::default();
+        let mut by_status = BTreeMap::new();
         for wf in &workflows {
             index.update(wf);
+            *by_status.entry(wf.status).or_insert(0) += 1;
         }
+        crate::metrics::metrics().set_workflow_counts(&by_status);
         *self.index.lock().expect("pending index lock is never poisoned") = index;
         self.changed.notify_waiters();
         Ok(())
@@ -507,6 +510,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let mut batch = WriteBatch::default();
             let mut digest = self.digest;
             let mut changed: Vec<Workflow> = Vec::new();
+            let mut transitions = engine::Transitions::default();
             let response = match &entry.payload {
                 EntryPayload::Blank => CommandResponse::Done,
                 EntryPayload::Normal(proposal) => {
@@ -519,6 +523,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     .entered();
                     let applied = engine::apply(&RocksView(&self.db), proposal).map_err(|e| apply_err(&e))?;
                     digest = self.write_mutations(&mut batch, &applied.mutations).map_err(|e| apply_err(&e))?;
+                    transitions = applied.transitions;
                     changed.extend(applied.mutations.into_iter().filter_map(|m| match m {
                         Mutation::PutWorkflow(wf) => Some(*wf),
                         _ => None,
@@ -541,6 +546,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             if !changed.is_empty() {
                 self.reader.pending.update(&changed);
             }
+            crate::metrics::metrics().record_transitions(&transitions);
             responses.push(response);
         }
         Ok(responses)

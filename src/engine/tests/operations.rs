@@ -444,3 +444,45 @@ fn idempotency_strategies_fail_return_existing_or_fail_only_while_running() {
     assert_eq!(latest, CommandResponse::WorkflowStarted { workflow_id: second });
     assert_eq!(w.state.workflows.len(), 2);
 }
+
+#[test]
+fn applied_commands_report_the_status_transitions_they_make() {
+    use crate::engine::{apply, Proposal, Transitions};
+    let mut w = World::new();
+    two_step(&mut w);
+    let run = |w: &mut World, command| -> Transitions {
+        let applied = apply(&w.state, &Proposal { at_ms: w.now_ms, command }).expect("applies");
+        w.state.write(applied.mutations);
+        applied.transitions
+    };
+    let start = w.start_request("two", json!({}));
+    let id = start.workflow_id.clone();
+    let started = run(&mut w, Command::StartWorkflow(start));
+    assert_eq!(started.workflows, [(None, WorkflowStatus::Running)]);
+    assert!(started.tasks_ended.is_empty());
+
+    let update = |w: &World, reference: &str, status| Command::UpdateTask {
+        workflow_id: id.clone(),
+        task_id: w.task(&id, reference).task_id.clone(),
+        update: crate::engine::ops::TaskUpdate {
+            status,
+            output: Default::default(),
+            reason: Some("boom".into()),
+            callback_after_seconds: 0,
+            worker_id: None,
+            lease: None,
+        },
+    };
+    let command = update(&w, "a", TaskStatus::Completed);
+    let a_done = run(&mut w, command);
+    assert_eq!(a_done.tasks_ended, [("a".to_string(), TaskStatus::Completed)]);
+    assert!(a_done.workflows.is_empty(), "{a_done:?}");
+    // A repeated report changes nothing and reports nothing.
+    let command = update(&w, "a", TaskStatus::Completed);
+    let again = run(&mut w, command);
+    assert_eq!(again, Transitions::default());
+    let command = update(&w, "b", TaskStatus::FailedWithTerminalError);
+    let b_failed = run(&mut w, command);
+    assert_eq!(b_failed.tasks_ended, [("b".to_string(), TaskStatus::FailedWithTerminalError)]);
+    assert_eq!(b_failed.workflows, [(Some(WorkflowStatus::Running), WorkflowStatus::Failed)]);
+}
