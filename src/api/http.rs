@@ -58,6 +58,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/workflow/{id}/rerun", post(rerun_workflow))
         .route("/api/workflow/{id}/skiptask/{task_ref}", put(skip_task))
         .merge(crate::api::http_tasks::routes())
+        .merge(crate::api::search::routes())
         .with_state(state)
 }
 

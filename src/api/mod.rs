@@ -1,5 +1,5 @@
 //! The API every node serves: public gRPC services ([`grpc`]), HTTP ([`http`]: status, health, Conductor's REST;
-//! [`http_tasks`]: its task endpoints),
+//! [`http_tasks`]: its task endpoints; [`search`]: its workflow search),
 //! the operations they share ([`metadata`], [`status`]) and the one error type with its wire mappings
 //! ([`error`]). Any node accepts any call; writes go through the [`Proposer`](crate::raft::proposer::Proposer),
 //! which forwards to the leader.
@@ -11,5 +11,6 @@ pub mod grpc_workflows;
 pub mod http;
 pub mod http_tasks;
 pub mod metadata;
+pub mod search;
 pub mod status;
 pub mod workflows;
