@@ -59,6 +59,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/workflow/{id}/skiptask/{task_ref}", put(skip_task))
         .merge(crate::api::http_tasks::routes())
         .merge(crate::api::search::routes())
+        .merge(crate::api::http_cluster::routes())
         .with_state(state)
 }
 
