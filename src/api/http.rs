@@ -60,6 +60,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(crate::api::http_tasks::routes())
         .merge(crate::api::search::routes())
         .merge(crate::api::http_cluster::routes())
+        .merge(crate::api::http_ui::routes())
         .with_state(state)
 }
 

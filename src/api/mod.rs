@@ -1,6 +1,6 @@
 //! The API every node serves: public gRPC services ([`grpc`]), HTTP ([`http`]: status, health, Conductor's REST;
 //! [`http_tasks`]: its task endpoints; [`search`]: its workflow search; [`http_cluster`]: every member's status in
-//! one call),
+//! one call; [`http_ui`]: the web UI),
 //! the operations they share ([`metadata`], [`status`]) and the one error type with its wire mappings
 //! ([`error`]). Any node accepts any call; writes go through the [`Proposer`](crate::raft::proposer::Proposer),
 //! which forwards to the leader.
@@ -12,6 +12,7 @@ pub mod grpc_workflows;
 pub mod http;
 pub mod http_cluster;
 pub mod http_tasks;
+pub mod http_ui;
 pub mod metadata;
 pub mod search;
 pub mod status;
