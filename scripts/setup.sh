@@ -5,6 +5,7 @@
 #   librocksdb-dev     RocksDB 7.8, linked instead of compiling RocksDB's C++ (minutes saved per clean build)
 #   libclang-dev       bindgen, for librocksdb-sys
 #   protobuf-compiler  protoc, for tonic-prost-build (build.rs)
+#   chromium, chromium-driver, selenium (pip)  the web UI's browser test
 set -euo pipefail
 
 need=()
@@ -32,6 +33,24 @@ if command -v python3 >/dev/null 2>&1 &&
   echo "setup: installing conductor-python==2.0.0 (pip)" >&2
   python3 -m pip install --quiet --disable-pip-version-check conductor-python==2.0.0 >/dev/null 2>&1 ||
     echo "setup: pip install conductor-python failed; the Conductor SDK test will fail" >&2
+fi
+
+# The web UI's browser test (tests/web_ui.rs, tests/browser/ui_check.py) drives headless Chromium through selenium.
+browser=()
+for pkg in chromium chromium-driver; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || browser+=("$pkg")
+done
+if ((${#browser[@]})); then
+  echo "setup: installing ${browser[*]} (for the web UI's browser test)" >&2
+  sudo_cmd=""
+  if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+  { $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${browser[@]}" >/dev/null; } ||
+    echo "setup: apt-get install ${browser[*]} failed; the browser test will fail" >&2
+fi
+if command -v python3 >/dev/null 2>&1 && ! python3 -c "import selenium" >/dev/null 2>&1; then
+  echo "setup: installing selenium (pip)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check selenium >/dev/null 2>&1 ||
+    echo "setup: pip install selenium failed; the browser test will fail" >&2
 fi
 
 # Link the system RocksDB (rust-rocksdb 0.21 matches Debian's 7.8).

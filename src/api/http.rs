@@ -62,6 +62,9 @@ pub fn router(state: HttpState) -> Router {
         .route("/api/workflow/{id}/rerun", post(rerun_workflow))
         .route("/api/workflow/{id}/skiptask/{task_ref}", put(skip_task))
         .merge(crate::api::http_tasks::routes())
+        .merge(crate::api::search::routes())
+        .merge(crate::api::http_cluster::routes())
+        .merge(crate::api::http_ui::routes())
         .route_layer(axum::middleware::from_fn(count_request))
         .with_state(state)
 }

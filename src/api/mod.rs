@@ -1,5 +1,6 @@
 //! The API every node serves: public gRPC services ([`grpc`]), HTTP ([`http`]: status, health, Conductor's REST;
-//! [`http_tasks`]: its task endpoints),
+//! [`http_tasks`]: its task endpoints; [`search`]: its workflow search; [`http_cluster`]: every member's status in
+//! one call; [`http_ui`]: the web UI),
 //! the operations they share ([`metadata`], [`status`]), query-string parsing as Conductor does it ([`query`]) and
 //! the one error type with its wire mappings ([`error`]). Any node accepts any call; writes go through the
 //! [`Proposer`](crate::raft::proposer::Proposer), which forwards to the leader.
@@ -9,8 +10,11 @@ pub mod gateway;
 pub mod grpc;
 pub mod grpc_workflows;
 pub mod http;
+pub mod http_cluster;
 pub mod http_tasks;
+pub mod http_ui;
 pub mod metadata;
 pub mod query;
+pub mod search;
 pub mod status;
 pub mod workflows;

@@ -1,11 +1,15 @@
 //! A node's view of the cluster, as `GET /api/cluster/status`, the gRPC `ClusterService.Status` and
-//! `baton cluster status` show it.
+//! `baton cluster status` show it, and [`fetch`], which asks another node for its view over gRPC.
+
+use std::time::Duration;
 
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 
 use crate::api::error::ApiError;
 use crate::pb::v1 as pb;
+use crate::pb::v1::cluster_service_client::ClusterServiceClient;
+use crate::raft::network::channel;
 use crate::raft::{NodeId, Raft};
 use crate::runtime::dispatch::Dispatcher;
 use crate::storage::StateReader;
@@ -86,15 +90,7 @@ impl NodeStatus {
             ServerState::Learner => "learner",
             ServerState::Shutdown => "shutdown",
         };
-        let members = metrics
-            .membership_config
-            .nodes()
-            .map(|(id, node)| MemberStatus {
-                id: *id,
-                grpc_addr: node.grpc_addr.clone(),
-                http_addr: node.http_addr.clone(),
-            })
-            .collect();
+        let members = members(raft);
         let (polls_serving, polls_forwarded) = dispatcher.polls_waiting();
         Ok(NodeStatus {
             node_id: metrics.id,
@@ -113,6 +109,38 @@ impl NodeStatus {
             polls_serving,
             polls_forwarded,
         })
+    }
+}
+
+/// The members of the cluster as this node's Raft knows them, by id.
+pub fn members(raft: &Raft) -> Vec<MemberStatus> {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    metrics
+        .membership_config
+        .nodes()
+        .map(|(id, node)| MemberStatus {
+            id: *id,
+            grpc_addr: node.grpc_addr.clone(),
+            http_addr: node.http_addr.clone(),
+        })
+        .collect()
+}
+
+/// Asks the node at `grpc_addr` for its status (`ClusterService.Status`), waiting at most `timeout`. With `verify`,
+/// the node also recomputes its state hash from a full scan and answers an error if it disagrees with the running
+/// one. The error is a short reason for people: `unreachable`, `timed out`, or the node's own message.
+pub async fn fetch(grpc_addr: &str, verify: bool, timeout: Duration) -> Result<NodeStatus, String> {
+    let channel = channel(grpc_addr).map_err(|e| e.to_string())?;
+    let mut client = ClusterServiceClient::new(channel);
+    let mut request = tonic::Request::new(pb::StatusRequest { verify });
+    request.set_timeout(timeout);
+    match tokio::time::timeout(timeout, client.status(request)).await {
+        Ok(Ok(reply)) => Ok(reply.into_inner().into()),
+        Ok(Err(status)) if status.code() == tonic::Code::Unavailable => Err("unreachable".to_string()),
+        Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => Err("timed out".to_string()),
+        Ok(Err(status)) => Err(status.message().to_string()),
+        Err(_) => Err("timed out".to_string()),
     }
 }
 

@@ -112,6 +112,17 @@ pub struct ListFilter {
     pub limit: usize,
 }
 
+impl ListFilter {
+    /// True when `w` passes every filter (paging aside).
+    pub fn matches(&self, w: &Workflow) -> bool {
+        self.status.as_deref().is_none_or(|s| w.status.as_str() == s)
+            && self.name.as_deref().is_none_or(|n| w.workflow_name == n)
+            && self.correlation_id.as_deref().is_none_or(|c| w.correlation_id.as_deref() == Some(c))
+            && self.start_time_from.is_none_or(|t| w.start_time >= t)
+            && self.start_time_to.is_none_or(|t| w.start_time < t)
+    }
+}
+
 /// The workflow service behind the front ends.
 #[derive(Debug, Clone)]
 pub struct WorkflowApi {
@@ -171,22 +182,27 @@ impl WorkflowApi {
             .ok_or_else(|| ApiError::NotFound(format!("task {task_id} is no longer part of workflow {workflow_id}")))
     }
 
-    /// Workflows matching the filters, newest first, at most `limit`. A full scan: fine for operators' listing,
-    /// not for hot paths (search indexes come with the REST API).
+    /// Workflows matching the filters, newest first, at most `limit`. A full scan ([`WorkflowApi::find`]): fine for
+    /// operators' listing, not for hot paths.
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Workflow>, ApiError> {
-        let mut all: Vec<Workflow> = self
-            .gateway
-            .reader()
-            .workflows()?
-            .into_iter()
-            .filter(|w| filter.status.as_deref().is_none_or(|s| w.status.as_str() == s))
-            .filter(|w| filter.name.as_deref().is_none_or(|n| w.workflow_name == n))
-            .filter(|w| filter.correlation_id.as_deref().is_none_or(|c| w.correlation_id.as_deref() == Some(c)))
-            .filter(|w| filter.start_time_from.is_none_or(|t| w.start_time >= t))
-            .filter(|w| filter.start_time_to.is_none_or(|t| w.start_time < t))
-            .collect();
+        let keep = filter.clone();
+        let mut all = self.find(move |w| keep.matches(w)).await?;
         all.sort_by(|a, b| b.create_time.cmp(&a.create_time).then_with(|| a.workflow_id.cmp(&b.workflow_id)));
         Ok(all.into_iter().skip(filter.offset).take(filter.limit).collect())
+    }
+
+    /// Every workflow this node has applied for which `keep` is true, in id order. A full scan of the state, run
+    /// on a blocking thread so that it never holds up the runtime's Raft and API tasks.
+    pub async fn find<F>(&self, keep: F) -> Result<Vec<Workflow>, ApiError>
+    where
+        F: Fn(&Workflow) -> bool + Send + 'static,
+    {
+        let reader = self.gateway.reader().clone();
+        let scan = move || reader.workflows().map(|all| all.into_iter().filter(|w| keep(w)).collect());
+        tokio::task::spawn_blocking(scan)
+            .await
+            .map_err(|e| ApiError::Internal(format!("workflow scan panicked: {e}")))?
+            .map_err(ApiError::from)
     }
 
     /// The leader's gRPC address, if known.

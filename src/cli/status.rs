@@ -4,10 +4,7 @@ use std::time::Duration;
 
 use comfy_table::{presets, Table};
 
-use crate::api::status::NodeStatus;
-use crate::pb::v1::cluster_service_client::ClusterServiceClient;
-use crate::pb::v1::StatusRequest;
-use crate::raft::network::channel;
+use crate::api::status::{self, NodeStatus};
 
 /// How long one node may take to answer a status request.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -20,16 +17,7 @@ pub type Reply = Result<NodeStatus, String>;
 /// Asks the node at `grpc_addr` for its status; with `verify`, the node also recomputes its state hash from a full
 /// scan and answers an error if it disagrees with the running one.
 pub async fn fetch(grpc_addr: &str, verify: bool) -> Reply {
-    let channel = channel(grpc_addr).map_err(|e| e.to_string())?;
-    let mut client = ClusterServiceClient::new(channel);
-    let mut request = tonic::Request::new(StatusRequest { verify });
-    request.set_timeout(if verify { VERIFY_TIMEOUT } else { STATUS_TIMEOUT });
-    match tokio::time::timeout(if verify { VERIFY_TIMEOUT } else { STATUS_TIMEOUT }, client.status(request)).await {
-        Ok(Ok(reply)) => Ok(reply.into_inner().into()),
-        Ok(Err(status)) if status.code() == tonic::Code::Unavailable => Err("unreachable".to_string()),
-        Ok(Err(status)) => Err(status.message().to_string()),
-        Err(_) => Err("timed out".to_string()),
-    }
+    status::fetch(grpc_addr, verify, if verify { VERIFY_TIMEOUT } else { STATUS_TIMEOUT }).await
 }
 
 /// Asks every member: the members listed by the first of `seeds` that answers, else the seeds themselves.
