@@ -74,7 +74,9 @@ async fn http_workers_poll_update_log_and_look_up_tasks_through_any_node() -> Re
 
     // A result without workflowInstanceId is routed by the task id.
     let second_id = next["taskId"].as_str().context("taskId")?;
-    let last = json!({"taskId": second_id, "status": "COMPLETED", "outputData": {"size": 43}});
+    // Its logs (Conductor's TaskExecLog list) land on the task before the update.
+    let last = json!({"taskId": second_id, "status": "COMPLETED", "outputData": {"size": 43},
+                      "logs": [{"log": "second: 43 frames", "taskId": second_id, "createdTime": 1}]});
     let reply = post_json(a, "/api/tasks", &last).await?.ok()?;
     ensure!(reply.body == second_id, "{reply:?}");
     let wf = wait_until(secs(5), "the workflow to complete", || async {
@@ -86,6 +88,8 @@ async fn http_workers_poll_update_log_and_look_up_tasks_through_any_node() -> Re
     ensure!(wf["output"]["size"] == 43, "{wf}");
     let logged = wf["tasks"][0]["logs"].to_string();
     ensure!(logged.contains("encoding 7 frames"), "the log line is not on the task: {}", wf["tasks"][0]);
+    let logged = wf["tasks"][1]["logs"].to_string();
+    ensure!(logged.contains("second: 43 frames"), "the TaskResult's logs are not on the task: {}", wf["tasks"][1]);
 
     // update-v2 with nothing left to hand over answers 204.
     let again = post_json(a, "/api/tasks/update-v2", &last).await?;

@@ -118,6 +118,14 @@ async fn apply_result(state: &HttpState, result: &TaskResult) -> Result<(), ApiE
         let task = state.workflows.task(&result.task_id, Consistency::Local).await?;
         result.workflow_instance_id = task.workflow_instance_id;
     }
+    for line in &result.logs {
+        let command = Command::AppendTaskLog {
+            workflow_id: result.workflow_instance_id.clone(),
+            task_id: result.task_id.clone(),
+            log: line.log.clone(),
+        };
+        state.workflows.command(command).await?;
+    }
     state.workflows.update_task(&result).await
 }
 
@@ -142,7 +150,14 @@ async fn update_task_v2(State(state): State<HttpState>, body: String) -> Result<
         timeout_ms: 0,
         poll_id: None,
     };
-    Ok(first_or_no_content(state.dispatcher.poll(&args).await?))
+    // The update is applied: a poll that fails now (no leader for a moment) must not make the worker report it again.
+    match state.dispatcher.poll(&args).await {
+        Ok(tasks) => Ok(first_or_no_content(tasks)),
+        Err(e) => {
+            tracing::debug!(error = %e, task_id = %result.task_id, "update-v2: update applied, next-task poll failed");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+    }
 }
 
 /// `GET /api/tasks/{id}[?consistency=linearizable]`.

@@ -66,6 +66,17 @@ pub struct TaskResult {
     /// With IN_PROGRESS: only push the response timeout back (Conductor's lease extension); the output is ignored.
     #[serde(default)]
     pub extend_lease: bool,
+    /// Lines for the task's log, appended before the update (Conductor's `TaskExecLog`s).
+    #[serde(default)]
+    pub logs: Vec<TaskExecLog>,
+}
+
+/// One line of a task's log as Conductor's TaskResult carries it (its other fields, `taskId` and `createdTime`, are
+/// the task's and the time the log is applied).
+#[derive(Debug, Clone, Deserialize)]
+pub struct TaskExecLog {
+    /// The line.
+    pub log: String,
 }
 
 impl From<&TaskResult> for TaskUpdate {
