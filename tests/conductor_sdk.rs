@@ -2,7 +2,7 @@
 //! cluster of the real binary: tests/sdk/conductor_python_check.py registers task and workflow definitions with the
 //! SDK's metadata client, starts workflows with its workflow executor and serves their three steps with a
 //! TaskHandler (two `@worker_task` functions and one WorkerInterface class), all through one follower. The second
-//! test SIGKILLs the leader while the SDK's stream of workflows runs. scripts/setup.sh installs the SDK.
+//! test SIGKILLs the leader while the SDK's stream of workflows runs. scripts/setup-tests.sh installs the SDK.
 
 mod support;
 
@@ -27,7 +27,7 @@ fn require_sdk() -> Result<()> {
     let probe = std::process::Command::new("python3")
         .args(["-c", "import conductor.client, importlib.metadata as m; print(m.version('conductor-python'))"])
         .output();
-    let hint = "python3 with conductor-python 2.x is required (scripts/setup.sh installs it)";
+    let hint = "python3 with conductor-python 2.x is required (scripts/setup-tests.sh installs it)";
     let out = match probe {
         Ok(out) => out,
         Err(e) => bail!("{hint}: cannot run python3: {e}"),

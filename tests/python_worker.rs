@@ -1,5 +1,5 @@
 //! A worker written in Python from proto/baton.proto alone (examples/python/worker.py, grpcio) serves tasks of a
-//! cluster of the real binary. scripts/setup.sh installs grpcio and grpcio-tools.
+//! cluster of the real binary. scripts/setup-tests.sh installs grpcio and grpcio-tools.
 
 mod support;
 
@@ -14,7 +14,7 @@ async fn the_python_example_worker_completes_tasks() -> Result<()> {
     let probe = std::process::Command::new("python3").args(["-c", "import grpc, grpc_tools"]).status();
     ensure!(
         probe.is_ok_and(|s| s.success()),
-        "python3 with grpcio and grpcio-tools is required (scripts/setup.sh installs them)"
+        "python3 with grpcio and grpcio-tools is required (scripts/setup-tests.sh installs them)"
     );
     let cluster = Cluster::start(3).await?;
     let leader = cluster.leader().await?;

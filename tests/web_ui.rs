@@ -3,7 +3,7 @@
 //! cluster view, starts a workflow through the definitions page and watches it complete on the detail page. Its
 //! screenshots land in `<target dir>/screenshots/`.
 //!
-//! The browser test needs Debian's `chromium` and `chromium-driver` and Python's `selenium`; scripts/setup.sh
+//! The browser test needs Debian's `chromium` and `chromium-driver` and Python's `selenium`; scripts/setup-tests.sh
 //! installs them. Without them the test fails (it never skips).
 
 mod support;
@@ -36,7 +36,7 @@ fn on_path(name: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
 }
 
-/// Fails, naming scripts/setup.sh, unless chromium, chromedriver and selenium are all there.
+/// Fails, naming scripts/setup-tests.sh, unless chromium, chromedriver and selenium are all there.
 fn require_browser_tools() -> Result<()> {
     let mut missing = Vec::new();
     if !on_path("chromium") && !on_path("chromium-browser") {
@@ -50,7 +50,7 @@ fn require_browser_tools() -> Result<()> {
         missing.push("python3 with selenium (pip: selenium)");
     }
     if !missing.is_empty() {
-        bail!("the browser test needs {}: run `source scripts/setup.sh`, which installs them", missing.join(", "));
+        bail!("the browser test needs {}: run `source scripts/setup-tests.sh`, which installs them", missing.join(", "));
     }
     Ok(())
 }

@@ -28,7 +28,7 @@ try:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 except ImportError as e:  # pragma: no cover - reported to the Rust test
-    print(f"ui_check: selenium is not installed ({e}); run scripts/setup.sh", file=sys.stderr)
+    print(f"ui_check: selenium is not installed ({e}); run scripts/setup-tests.sh", file=sys.stderr)
     sys.exit(2)
 
 WIDTH = 1400
@@ -53,7 +53,7 @@ def browser():
     driver_path = shutil.which("chromedriver")
     if not chromium or not driver_path:
         print("ui_check: chromium and chromedriver must be installed (apt chromium chromium-driver); "
-              "run scripts/setup.sh", file=sys.stderr)
+              "run scripts/setup-tests.sh", file=sys.stderr)
         sys.exit(2)
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
@@ -193,7 +193,7 @@ def main():
     try:
         driver = browser()
     except WebDriverException as e:
-        print(f"ui_check: could not start headless Chromium: {e}; run scripts/setup.sh", file=sys.stderr)
+        print(f"ui_check: could not start headless Chromium: {e}; run scripts/setup-tests.sh", file=sys.stderr)
         return 2
     try:
         run(driver, args)

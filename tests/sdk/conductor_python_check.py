@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Runs Netflix Conductor's official Python SDK (conductor-python 2.x, unchanged) against one Baton node, the way a
-Conductor user would, and checks the outcome. Used by tests/conductor_sdk.rs; scripts/setup.sh installs the SDK.
+Conductor user would, and checks the outcome. Used by tests/conductor_sdk.rs; scripts/setup-tests.sh installs the SDK.
 
 Only the SDK's public API is used:
   * Configuration(server_api_url="http://<node>/api"), no authentication;
