@@ -56,6 +56,10 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     /// HTTP request latency, by method and route.
     pub http_request_seconds: HistogramVec,
+    /// gRPC calls answered, by method and status code.
+    pub grpc_requests: IntCounterVec,
+    /// gRPC latency to the response's headers (the whole call for unary methods), by method.
+    pub grpc_request_seconds: HistogramVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -122,6 +126,16 @@ impl Metrics {
                 "baton_http_request_duration_seconds",
                 "HTTP request latency, by method and route.",
                 &["method", "route"],
+            ),
+            grpc_requests: counters(
+                "baton_grpc_requests_total",
+                "gRPC calls answered, by method and status code.",
+                &["method", "code"],
+            ),
+            grpc_request_seconds: histograms(
+                "baton_grpc_request_duration_seconds",
+                "gRPC latency to the response's headers (the whole call for unary methods), by method.",
+                &["method"],
             ),
             registry: r,
         }

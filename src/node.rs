@@ -149,6 +149,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", tonic_health::ServingStatus::Serving).await;
     let grpc = tonic::transport::Server::builder()
+        .layer(crate::api::grpc_metrics::GrpcMetricsLayer)
         .add_service(reflection)
         .add_service(health_service)
         .add_service(

@@ -97,6 +97,13 @@ async fn metrics_follow_what_the_cluster_did() -> Result<()> {
     ensure!(proposals == 3.0, "the follower timed {proposals} start proposals");
     let polls = on_follower.value("baton_poll_duration_seconds_count", &[("outcome", "tasks")]);
     ensure!(polls == 2.0, "the follower timed {polls} polls that got a task");
+    // The follower forwarded its polls to the leader over gRPC, and the leader replicates to it.
+    let forwarded =
+        on_leader.value("baton_grpc_requests_total", &[("method", "/baton.raft.v1.RaftPeer/Poll"), ("code", "0")]);
+    ensure!(forwarded >= 2.0, "the leader answered {forwarded} forwarded polls");
+    let appends = on_follower
+        .value("baton_grpc_requests_total", &[("method", "/baton.raft.v1.RaftPeer/AppendEntries"), ("code", "0")]);
+    ensure!(appends >= 1.0, "the follower counted {appends} AppendEntries");
 
     // A leader SIGKILL shows as one more leader change on the survivors.
     let before = on_follower.value("baton_raft_leader_changes_total", &[]);

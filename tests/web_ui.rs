@@ -50,7 +50,10 @@ fn require_browser_tools() -> Result<()> {
         missing.push("python3 with selenium (pip: selenium)");
     }
     if !missing.is_empty() {
-        bail!("the browser test needs {}: run `source scripts/setup-tests.sh`, which installs them", missing.join(", "));
+        bail!(
+            "the browser test needs {}: run `source scripts/setup-tests.sh`, which installs them",
+            missing.join(", ")
+        );
     }
     Ok(())
 }
