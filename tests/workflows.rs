@@ -119,7 +119,7 @@ async fn routing_slips_bad_definitions_and_operations_through_the_cluster() -> R
 
     // Conductor's status summary; output and variables only when asked for.
     let summary = get(via, &format!("/api/workflow/{id}/status")).await?.ok()?.json()?;
-    ensure!(summary["workflowId"] == id.as_str() && summary["status"] == "RUNNINGX", "{summary}");
+    ensure!(summary["workflowId"] == id.as_str() && summary["status"] == "RUNNING", "{summary}");
     ensure!(summary.get("output").is_none() && summary.get("variables").is_none(), "{summary}");
     let summary = get(via, &format!("/api/workflow/{id}/status?includeOutput=true&includeVariables=True")).await?;
     let summary = summary.ok()?.json()?;
