@@ -192,3 +192,66 @@ async fn routing_slips_bad_definitions_and_operations_through_the_cluster() -> R
     cluster.pass();
     Ok(())
 }
+
+/// Each workflow endpoint's refusals, as Conductor answers them: an unknown id is 404, an operation the workflow's
+/// state does not allow is 409, a body that is not JSON is 400; always with Conductor's error body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflow_endpoints_refuse_unknown_ids_wrong_states_and_malformed_bodies() -> Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let leader = cluster.leader().await?;
+    let via = cluster.nodes().iter().find(|n| n.id != leader).context("follower")?;
+    register_task_def(via, "step").await?;
+    post_json(via, "/api/metadata/workflow", &workflow_def("one", 1, "step")).await?.ok()?;
+    let running = post_json(via, "/api/workflow/one", &json!({})).await?.ok()?.body;
+    let ended = post_json(via, "/api/workflow/one", &json!({})).await?.ok()?.body;
+    let del = client().delete(format!("{}/api/workflow/{ended}?reason=done", via.http_base())).send().await?;
+    ensure!(del.status() == 200, "terminate: {}", del.status());
+
+    let base = via.http_base();
+    let cases: Vec<(reqwest::Method, String, &str, u16)> = vec![
+        // Unknown ids.
+        (reqwest::Method::GET, "/api/workflow/no-such-id".into(), "", 404),
+        (reqwest::Method::DELETE, "/api/workflow/no-such-id".into(), "", 404),
+        (reqwest::Method::PUT, "/api/workflow/no-such-id/pause".into(), "", 404),
+        (reqwest::Method::PUT, "/api/workflow/no-such-id/resume".into(), "", 404),
+        (reqwest::Method::POST, "/api/workflow/no-such-id/retry".into(), "", 404),
+        (reqwest::Method::POST, "/api/workflow/no-such-id/restart".into(), "", 404),
+        (reqwest::Method::POST, "/api/workflow/no-such-id/rerun".into(), "{}", 404),
+        (reqwest::Method::PUT, "/api/workflow/no-such-id/skiptask/step_ref".into(), "", 404),
+        (reqwest::Method::POST, "/api/workflow/no-such-definition".into(), "{}", 404),
+        // States that do not allow the operation.
+        (reqwest::Method::PUT, format!("/api/workflow/{running}/resume"), "", 409),
+        (reqwest::Method::POST, format!("/api/workflow/{running}/restart"), "", 409),
+        (reqwest::Method::POST, format!("/api/workflow/{running}/rerun"), "{}", 409),
+        (reqwest::Method::PUT, format!("/api/workflow/{ended}/pause"), "", 409),
+        (reqwest::Method::PUT, format!("/api/workflow/{ended}/skiptask/step_ref"), "", 409),
+        // Bodies that are not JSON.
+        (reqwest::Method::POST, "/api/workflow".into(), "{\"name\": ", 400),
+        (reqwest::Method::POST, "/api/workflow/one".into(), "[1, 2", 400),
+        (reqwest::Method::POST, format!("/api/workflow/{ended}/rerun"), "{oops}", 400),
+    ];
+    for (method, path, body, expected) in cases {
+        let reply = client()
+            .request(method.clone(), format!("{base}{path}"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await?;
+        let status = reply.status().as_u16();
+        let text = reply.text().await?;
+        let error: Value = serde_json::from_str(&text).with_context(|| format!("{method} {path}: body {text:?}"))?;
+        ensure!(
+            status == expected
+                && error["status"] == expected
+                && error["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{method} {path}: expected {expected}, got {status} {text}"
+        );
+    }
+    // Nothing above changed either workflow.
+    let wf = get(via, &format!("/api/workflow/{running}")).await?.ok()?.json()?;
+    ensure!(wf["status"] == "RUNNING" && wf["tasks"].as_array().map(Vec::len) == Some(1), "{wf}");
+    let wf = get(via, &format!("/api/workflow/{ended}")).await?.ok()?.json()?;
+    ensure!(wf["status"] == "TERMINATED", "{}", wf["status"]);
+    cluster.pass();
+    Ok(())
+}

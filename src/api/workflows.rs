@@ -96,7 +96,8 @@ impl From<&TaskResult> for TaskUpdate {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RerunWorkflowRequest {
-    /// The task to rerun from.
+    /// The task to rerun from; absent or empty: the whole workflow, from its first task.
+    #[serde(default)]
     pub re_run_from_task_id: String,
     /// New input for that task.
     pub task_input: Option<Map<String, Value>>,

@@ -517,6 +517,21 @@ impl<S: StateView> Exec<'_, S> {
                 wf.status.as_str()
             ))));
         }
+        if from_task_id.is_empty() {
+            // Conductor's rerun without a task: every task goes, the workflow runs again from its first one.
+            if let Some(input) = workflow_input {
+                wf.input = input.clone();
+            }
+            wf.status = WorkflowStatus::Running;
+            wf.tasks.clear();
+            wf.output = Map::new();
+            wf.reason_for_incompletion = None;
+            wf.failed_reference_task_names.clear();
+            wf.end_time = 0;
+            wf.update_time = now;
+            self.start(workflow_id)?;
+            return Ok(Ok(()));
+        }
         let Some(i) = wf.task_index(from_task_id) else { return Ok(Err(not_found("task", from_task_id))) };
         let mut task = wf.tasks[i].clone();
         let seq = task.seq;

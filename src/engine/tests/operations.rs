@@ -189,6 +189,27 @@ fn rerun_from_a_task_drops_it_and_what_followed_and_runs_it_with_new_input() {
 }
 
 #[test]
+fn rerun_without_a_task_runs_the_whole_workflow_again_with_the_new_input() {
+    let mut w = World::new();
+    two_step(&mut w);
+    let id = w.start("two", json!({"v": 1}));
+    w.complete(&id, "a", json!({}));
+    w.complete(&id, "b", json!({}));
+    assert_eq!(w.status(&id), WorkflowStatus::Completed);
+    let r = w.run(Command::Rerun {
+        workflow_id: id.clone(),
+        from_task_id: String::new(),
+        task_input: None,
+        workflow_input: Some(super::obj(json!({"v": 2}))),
+    });
+    assert_eq!(r, CommandResponse::Done);
+    assert_eq!(w.status(&id), WorkflowStatus::Running);
+    assert_eq!(w.pending(&id), ["a"]);
+    assert_eq!(w.wf(&id).tasks.len(), 1);
+    assert_eq!(w.wf(&id).input["v"], json!(2));
+}
+
+#[test]
 fn skip_passes_over_a_step_not_yet_scheduled_and_refuses_one_already_processed() {
     let mut w = World::new();
     two_step(&mut w);
