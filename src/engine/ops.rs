@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::definitions::{validate_workflow_def, TaskTimeoutPolicy, WorkflowDef, WorkflowTimeoutPolicy};
 use super::exec::{is_system_type, new_workflow, DefIndex, Exec, OpResult, Refusal};
-use super::model::{LeaseRef, TaskStatus, WorkflowStatus};
+use super::model::{LeaseRef, TaskStatus, Workflow, WorkflowStatus};
 use super::StateView;
 
 /// A start request, with the id the leader chose.
@@ -103,6 +103,17 @@ fn stale(task_id: &str, lease: LeaseRef, current: u64) -> Refusal {
         "lease {} of task {task_id} is no longer valid (current lease {current}); the task was handed out again or finished",
         lease.lease_seq
     ))
+}
+
+/// A finished workflow made RUNNING again (restart, rerun): its outcome cleared; its tasks are the caller's to
+/// keep or drop.
+fn reopen(wf: &mut Workflow, now_ms: u64) {
+    wf.status = WorkflowStatus::Running;
+    wf.output = Map::new();
+    wf.reason_for_incompletion = None;
+    wf.failed_reference_task_names.clear();
+    wf.end_time = 0;
+    wf.update_time = now_ms;
 }
 
 fn not_found(what: &str, id: &str) -> Refusal {
@@ -488,14 +499,9 @@ impl<S: StateView> Exec<'_, S> {
         let wf = self.workflow(workflow_id)?.expect("loaded above");
         wf.workflow_version = u32::try_from(def.version).unwrap_or(wf.workflow_version);
         wf.workflow_definition = def;
-        wf.status = WorkflowStatus::Running;
+        reopen(wf, now);
         wf.tasks.clear();
-        wf.output = Map::new();
-        wf.reason_for_incompletion = None;
-        wf.failed_reference_task_names.clear();
-        wf.end_time = 0;
         wf.start_time = now;
-        wf.update_time = now;
         self.start(workflow_id)?;
         Ok(Ok(()))
     }
@@ -522,13 +528,8 @@ impl<S: StateView> Exec<'_, S> {
             if let Some(input) = workflow_input {
                 wf.input = input.clone();
             }
-            wf.status = WorkflowStatus::Running;
+            reopen(wf, now);
             wf.tasks.clear();
-            wf.output = Map::new();
-            wf.reason_for_incompletion = None;
-            wf.failed_reference_task_names.clear();
-            wf.end_time = 0;
-            wf.update_time = now;
             self.start(workflow_id)?;
             return Ok(Ok(()));
         }
@@ -539,12 +540,7 @@ impl<S: StateView> Exec<'_, S> {
         if let Some(input) = workflow_input {
             wf.input = input.clone();
         }
-        wf.status = WorkflowStatus::Running;
-        wf.output = Map::new();
-        wf.reason_for_incompletion = None;
-        wf.failed_reference_task_names.clear();
-        wf.end_time = 0;
-        wf.update_time = now;
+        reopen(wf, now);
         if let Some(input) = task_input {
             task.input_data = input.clone();
         }
