@@ -17,6 +17,8 @@
 //! - [`cli`]: the `baton` command's subcommands other than `server` (`up`, `cluster status`).
 //! - [`chaos`]: `baton chaos`, a fault-injecting runner for a local three-node cluster, with invariant checks; a
 //!   tool outside the server that uses only the public API.
+//! - [`local_cluster`]: three `baton server` processes of this binary on one machine, for `chaos` and `bench`.
+//! - [`bench`]: `baton bench`: replicated writes, workflow throughput and failover, measured from outside.
 //! - [`metrics`]: the Prometheus metrics every layer records into, served at `/metrics`.
 //! - [`pb`]: code generated from proto/.
 //!
@@ -25,11 +27,13 @@
 //! sit outside; only `node` wires them all.
 
 pub mod api;
+pub mod bench;
 pub mod chaos;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod engine;
+pub mod local_cluster;
 pub mod metrics;
 pub mod node;
 pub mod pb;

@@ -71,6 +71,19 @@ enum Cmd {
         #[arg(long, default_value = "loopback", value_parser = ["loopback", "netns"])]
         network: String,
     },
+    /// Measure throughput and latency: replicated writes (raft), workflows with workers (workflow), leader kills
+    /// under load (failover). Starts its own local three-node cluster unless given --addr; prints a table, or one
+    /// JSON object with --json.
+    Bench {
+        /// gRPC addresses of a running cluster's nodes, comma-separated (default: start a local cluster).
+        #[arg(long = "addr", global = true, value_delimiter = ',')]
+        addrs: Vec<String>,
+        /// Print one JSON object instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: BenchCmd,
+    },
     /// Cluster-wide commands.
     Cluster {
         #[command(subcommand)]
@@ -200,6 +213,55 @@ enum WorkerCmd {
 }
 
 #[derive(Subcommand)]
+enum BenchCmd {
+    /// Replicated writes per second through the full write path (fsynced on a majority, applied), with latency.
+    Raft {
+        /// Concurrent callers, each with one write outstanding.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// Writes in all.
+        #[arg(long, default_value_t = 20000)]
+        total: usize,
+        /// Value size, bytes.
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+        /// 0: a fresh key per write; K: keys cycle over K.
+        #[arg(long, default_value_t = 0)]
+        keyspace: usize,
+        /// Where the writes go.
+        #[arg(long, value_enum, default_value_t = baton::bench::raft::Destination::Leader)]
+        target: baton::bench::raft::Destination,
+    },
+    /// A three-task sequential workflow with workers over gRPC: the highest sustained rate, then latencies at half.
+    Workflow {
+        /// Each measurement window (e.g. 10s).
+        #[arg(long, default_value = "10s", value_parser = baton::chaos::parse_duration)]
+        duration: Duration,
+        /// Workers, each polling the three task types.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Workflows in flight while finding the highest rate.
+        #[arg(long, default_value_t = 256)]
+        in_flight: usize,
+        /// Only measure at this many starts per second.
+        #[arg(long, value_parser = positive_rate)]
+        rate: Option<f64>,
+    },
+    /// Leader SIGKILLs under half of the highest load: kill to the first task dispatched by the new leader.
+    Failover {
+        /// Leader kills.
+        #[arg(long, default_value_t = 10)]
+        kills: usize,
+        /// Workers.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Starts per second (default: half of the highest rate, measured first).
+        #[arg(long, value_parser = positive_rate)]
+        rate: Option<f64>,
+    },
+}
+
+#[derive(Subcommand)]
 enum ClusterCmd {
     /// Every member's role, term, leader, last log index, commit and apply index.
     Status {
@@ -248,6 +310,46 @@ async fn chaos(options: ChaosOptions) -> ExitCode {
         _ = term.recv() => {
             eprintln!("baton chaos: terminated; killing the cluster's nodes");
             ExitCode::from(130)
+        }
+    }
+}
+
+/// `baton bench`: 0 when the run finished, 1 when it failed (the cluster it started is killed either way).
+async fn bench(addrs: Vec<String>, json: bool, command: BenchCmd) -> ExitCode {
+    use baton::bench::{self, failover, raft, workflow};
+    let run = async {
+        let mut target = bench::Target::open(addrs).await?;
+        match command {
+            BenchCmd::Raft { clients, total, size, keyspace, target: destination } => {
+                raft::run(&target, &raft::RaftOptions { clients, total, size, keyspace, destination }).await
+            }
+            BenchCmd::Workflow { duration, workers, in_flight, rate } => {
+                workflow::run(&target, &workflow::WorkflowOptions { duration, workers, in_flight, rate }).await
+            }
+            BenchCmd::Failover { kills, workers, rate } => {
+                failover::run(&mut target, &failover::FailoverOptions { kills, workers, rate }).await
+            }
+        }
+    };
+    let result = tokio::select! {
+        result = run => result,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("baton bench: interrupted; killing the cluster's nodes");
+            return ExitCode::from(130);
+        }
+    };
+    match result {
+        Ok(figures) if json => {
+            println!("{}", figures.to_json());
+            ExitCode::SUCCESS
+        }
+        Ok(figures) => {
+            println!("{}", figures.to_table());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("baton bench: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -349,6 +451,7 @@ async fn main() -> ExitCode {
             let namespaces = network == "netns";
             chaos(ChaosOptions { duration, fault_interval, faults, rate, report, keep_dir, namespaces }).await
         }
+        Cmd::Bench { addrs, json, command } => bench(addrs, json, command).await,
         Cmd::Def { nodes, command: DefCmd::Put { files } } => baton::cli::commands::def_put(&nodes.addrs, &files).await,
         Cmd::Workflow { nodes, command } => workflow(&nodes.addrs, command).await,
         Cmd::Worker { nodes, command: WorkerCmd::Exec { task_type, concurrency, command } } => {

@@ -165,6 +165,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
         )
         .add_service(ClusterServiceServer::new(ClusterGrpc::new(
             raft.clone(),
+            proposer.clone(),
             reader.clone(),
             dispatcher.clone(),
             &config.cluster_id,

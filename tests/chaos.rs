@@ -49,7 +49,7 @@ fn a_short_chaos_run_injects_every_fault_kind_and_breaks_no_promise() -> Result<
     let report_path = dir.path().join("report.json");
     let (stdout_path, stderr_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let mut faults = FAULTS.to_string();
-    let network = match baton::chaos::netns::Namespaces::available() {
+    let network = match baton::local_cluster::netns::Namespaces::available() {
         Ok(()) => {
             faults.push_str(",partition-leader");
             "netns"

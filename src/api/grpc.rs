@@ -8,10 +8,11 @@ use tonic::{Request, Response, Status};
 use crate::api::error::ApiError;
 use crate::api::metadata::{parse_document, Consistency, MetadataApi};
 use crate::api::status::NodeStatus;
+use crate::engine::{Command, CommandResponse};
 use crate::pb::v1 as pb;
 use crate::pb::v1::cluster_service_server::ClusterService;
 use crate::pb::v1::metadata_service_server::MetadataService;
-use crate::raft::proposer::Committed;
+use crate::raft::proposer::{Committed, Proposer};
 use crate::raft::Raft;
 use crate::runtime::dispatch::Dispatcher;
 use crate::storage::StateReader;
@@ -20,6 +21,7 @@ use crate::storage::StateReader;
 #[derive(Clone)]
 pub struct ClusterGrpc {
     raft: Raft,
+    proposer: Arc<Proposer>,
     reader: StateReader,
     dispatcher: Arc<Dispatcher>,
     cluster_id: Arc<str>,
@@ -27,8 +29,14 @@ pub struct ClusterGrpc {
 
 impl ClusterGrpc {
     /// The service for this node.
-    pub fn new(raft: Raft, reader: StateReader, dispatcher: Arc<Dispatcher>, cluster_id: &str) -> Self {
-        ClusterGrpc { raft, reader, dispatcher, cluster_id: cluster_id.into() }
+    pub fn new(
+        raft: Raft,
+        proposer: Arc<Proposer>,
+        reader: StateReader,
+        dispatcher: Arc<Dispatcher>,
+        cluster_id: &str,
+    ) -> Self {
+        ClusterGrpc { raft, proposer, reader, dispatcher, cluster_id: cluster_id.into() }
     }
 }
 
@@ -38,6 +46,22 @@ impl ClusterService for ClusterGrpc {
         let verify = request.into_inner().verify;
         let status = NodeStatus::collect(&self.raft, &self.reader, &self.dispatcher, &self.cluster_id, verify).await?;
         Ok(Response::new(status.into()))
+    }
+
+    async fn bench_write(
+        &self,
+        request: Request<pb::BenchWriteRequest>,
+    ) -> Result<Response<pb::BenchWriteReply>, Status> {
+        let pb::BenchWriteRequest { key, value } = request.into_inner();
+        let command = Command::BenchWrite { key, value };
+        if let Some(problem) = command.validate().into_iter().next() {
+            return Err(Status::invalid_argument(format!("{}: {}", problem.path, problem.message)));
+        }
+        let committed = self.proposer.propose(command).await.map_err(ApiError::from)?;
+        match committed.response {
+            CommandResponse::Rejected(rejection) => Err(ApiError::from(rejection).into()),
+            _ => Ok(Response::new(pb::BenchWriteReply { log_index: committed.log_index })),
+        }
     }
 }
 

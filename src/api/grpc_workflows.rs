@@ -250,6 +250,7 @@ fn worker_task(d: crate::runtime::dispatch::Dispatched) -> pb::WorkerTask {
         poll_count: t.poll_count,
         lease_token,
         response_timeout_seconds: t.response_timeout_seconds,
+        scheduled_time_ms: t.scheduled_time,
     }
 }
 

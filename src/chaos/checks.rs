@@ -13,11 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use super::cluster::{poll_until, status_of, summary, Cluster};
 use super::load::{Shape, Started};
 use crate::api::status::NodeStatus;
 use crate::client::{Client, ClientError};
 use crate::engine::model::{TaskStatus, Workflow, WorkflowStatus};
+use crate::local_cluster::{poll_until, status_of, summary, Cluster};
 use crate::pb::v1 as pb;
 use crate::pb::v1::workflow_service_client::WorkflowServiceClient;
 

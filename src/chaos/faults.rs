@@ -15,8 +15,8 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::checks::Violation;
-use super::cluster::Cluster;
 use super::load::{Tally, Workers};
+use crate::local_cluster::Cluster;
 
 /// How long killed followers (and the nodes of a whole-cluster kill) stay down before they are restarted. A killed
 /// leader stays down until another node leads: restarted sooner, openraft lets it resume as leader of its old term

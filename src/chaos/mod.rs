@@ -2,7 +2,7 @@
 //! interval (leader and follower kills, a paused leader, double kills, whole-cluster restarts, a wiped follower,
 //! killed workers), then checks what Baton promises (DESIGN.md, "Guarantees") and reports the figures.
 //!
-//! - [`cluster`]: the node processes (configs, ports, SIGKILL / SIGSTOP / restart / wipe, readiness polling).
+//! - [`crate::local_cluster`]: the node processes (configs, ports, SIGKILL / SIGSTOP / restart / wipe, readiness).
 //! - [`load`]: definitions of five workflow shapes, in-process workers pinned to each node, the start generator.
 //! - [`faults`]: the fault kinds and the fault -> first dispatch measurement.
 //! - [`checks`]: the invariants and the leader-per-term sampler.
@@ -11,10 +11,8 @@
 //! It is a tool, outside the server: it talks to the nodes only through the public gRPC API and the SDK.
 
 pub mod checks;
-pub mod cluster;
 pub mod faults;
 pub mod load;
-pub mod netns;
 pub mod report;
 
 use std::path::PathBuf;
@@ -27,11 +25,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use self::checks::Violation;
-use self::cluster::Cluster;
 use self::faults::{FaultKind, Target};
 use self::load::{LoadTally, Tally, Workers};
 use self::report::{Report, TaskFigures, WorkflowFigures};
 use crate::client::Client;
+use crate::local_cluster::{Cluster, Tuning};
 
 /// Longest wait for the fresh cluster to elect its first leader.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
@@ -127,7 +125,7 @@ pub async fn run(options: &ChaosOptions) -> anyhow::Result<Report> {
     }
     let dir = fresh_dir()?;
     println!("[chaos] directory {}", dir.display());
-    let mut cluster = Cluster::start(&dir, options.namespaces)?;
+    let mut cluster = Cluster::start(&dir, options.namespaces, Tuning::Chaos)?;
     let leader = cluster.wait_leader(Instant::now() + STARTUP_DEADLINE).await.context("the fresh cluster")?;
     println!("[chaos] three nodes up, n{leader} leads");
     let client = Arc::new(Client::new(cluster.grpc_addrs())?);

@@ -22,6 +22,8 @@ pub struct MemoryState {
     pub type_stats: BTreeMap<String, TypeStats>,
     /// Task id -> the workflow holding it.
     pub task_index: BTreeMap<String, String>,
+    /// The bench table.
+    pub bench_values: BTreeMap<String, Vec<u8>>,
 }
 
 impl StateView for MemoryState {
@@ -84,6 +86,9 @@ impl MemoryState {
                 }
                 Mutation::DeleteWorkflowDef { name, version } => {
                     self.workflow_defs.remove(&(name, version));
+                }
+                Mutation::PutBenchValue { key, value } => {
+                    self.bench_values.insert(key, value);
                 }
             }
         }

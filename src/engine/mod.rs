@@ -186,7 +186,19 @@ pub enum Command {
         /// The version.
         version: u32,
     },
+    /// Write a value under a key of the bench table (`baton bench raft`): the write path's cost with the smallest
+    /// apply, comparable with a key-value store's put. Workflows never read the table.
+    BenchWrite {
+        /// The key (at most [`MAX_BENCH_KEY_BYTES`] bytes).
+        key: String,
+        /// The value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
 }
+
+/// Longest key a [`Command::BenchWrite`] may name, bytes.
+pub const MAX_BENCH_KEY_BYTES: usize = 256;
 
 impl Command {
     /// A short, stable name for logs and metrics.
@@ -214,6 +226,7 @@ impl Command {
             Command::Batch(_) => "batch",
             Command::DeleteTaskDef { .. } => "delete_task_def",
             Command::DeleteWorkflowDef { .. } => "delete_workflow_def",
+            Command::BenchWrite { .. } => "bench_write",
         }
     }
 
@@ -262,6 +275,12 @@ impl Command {
                 }
                 None => Vec::new(),
             },
+            Command::BenchWrite { key, .. } if key.is_empty() || key.len() > MAX_BENCH_KEY_BYTES => {
+                vec![FieldError {
+                    path: "key".into(),
+                    message: format!("a bench key is 1 to {MAX_BENCH_KEY_BYTES} bytes long, not {}", key.len()),
+                }]
+            }
             _ => Vec::new(),
         }
     }
@@ -374,6 +393,13 @@ pub enum Mutation {
         name: String,
         /// The version.
         version: u32,
+    },
+    /// Write a value of the bench table.
+    PutBenchValue {
+        /// The key.
+        key: String,
+        /// The value.
+        value: Vec<u8>,
     },
 }
 
@@ -525,6 +551,9 @@ fn apply_one(state: &impl StateView, proposal: &Proposal) -> Result<Applied, Sta
             }
             mutations.push(Mutation::DeleteWorkflowDef { name: name.clone(), version: *version });
         }
+        Command::BenchWrite { key, value } => {
+            mutations.push(Mutation::PutBenchValue { key: key.clone(), value: value.clone() });
+        }
         workflow_command => return apply_workflow_command(state, at_ms, workflow_command),
     }
     Ok(Applied { mutations, response: CommandResponse::Done, transitions: Transitions::default() })
@@ -591,8 +620,8 @@ impl<S: StateView> Overlay<'_, S> {
             Mutation::PutTypeStats { task_type, stats } => {
                 self.type_stats.insert(task_type.clone(), *stats);
             }
-            // The engine never reads the task index.
-            Mutation::PutTaskIndex { .. } => {}
+            // The engine never reads the task index or the bench table.
+            Mutation::PutTaskIndex { .. } | Mutation::PutBenchValue { .. } => {}
         }
     }
 }
@@ -693,7 +722,8 @@ fn apply_workflow_command(state: &impl StateView, at_ms: u64, command: &Command)
         | Command::RegisterWorkflowDef { .. }
         | Command::UpdateWorkflowDefs { .. }
         | Command::DeleteTaskDef { .. }
-        | Command::DeleteWorkflowDef { .. } => unreachable!("metadata commands are applied by apply()"),
+        | Command::DeleteWorkflowDef { .. }
+        | Command::BenchWrite { .. } => unreachable!("metadata and bench commands are applied by apply()"),
     };
     match outcome {
         Ok(response) => {

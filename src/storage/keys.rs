@@ -60,6 +60,8 @@ pub enum Table {
     TypeStats = 5,
     /// Task id -> the id of the workflow holding the task (for the task endpoints, which name only the task).
     TaskIndex = 6,
+    /// Values written by `baton bench raft`, by key.
+    BenchValue = 7,
 }
 
 /// `raft_log` key of a log index.
@@ -127,6 +129,13 @@ pub fn type_stats(partition: u16, task_type: &str) -> Vec<u8> {
 pub fn task_index(partition: u16, task_id: &str) -> Vec<u8> {
     let mut k = table_prefix(partition, Table::TaskIndex);
     k.extend_from_slice(task_id.as_bytes());
+    k
+}
+
+/// Key of a bench value.
+pub fn bench_value(partition: u16, key: &str) -> Vec<u8> {
+    let mut k = table_prefix(partition, Table::BenchValue);
+    k.extend_from_slice(key.as_bytes());
     k
 }
 

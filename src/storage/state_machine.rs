@@ -393,6 +393,9 @@ fn encode_mutation(mutation: &Mutation) -> Result<(Vec<u8>, Option<Vec<u8>>), co
         }
         Mutation::DeleteTaskDef { name } => (keys::task_def(keys::PARTITION_0, name), None),
         Mutation::DeleteWorkflowDef { name, version } => (keys::workflow_def(keys::PARTITION_0, name, *version), None),
+        Mutation::PutBenchValue { key, value } => {
+            (keys::bench_value(keys::PARTITION_0, key), Some(codec::encode(serde_bytes::Bytes::new(value))?))
+        }
     })
 }
 

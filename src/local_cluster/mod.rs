@@ -1,9 +1,11 @@
-//! The three `baton server` processes of a chaos run: config files, data dirs and log files under one directory,
-//! ports picked by binding `127.0.0.1:0`, and the process control the faults need (SIGKILL, SIGSTOP/SIGCONT,
-//! restart, wiping a data dir). Readiness is polled through the gRPC `ClusterService.Status`, never slept for.
+//! A local three-node cluster of this binary's `baton server` processes, for `baton chaos` and `baton bench`: config
+//! files, data dirs and log files under one directory, ports picked by binding `127.0.0.1:0`, and the process control
+//! faults need (SIGKILL, SIGSTOP/SIGCONT, restart, wiping a data dir). Readiness is polled through the gRPC `ClusterService.Status`, never slept for.
 //! Dropping a [`Cluster`] SIGKILLs every node it started, so no error, panic or Ctrl-C leaves processes behind.
 
-use super::netns::Namespaces;
+pub mod netns;
+
+use self::netns::Namespaces;
 use std::fs::{self, OpenOptions};
 use std::future::Future;
 use std::io::Write;
@@ -47,6 +49,16 @@ pub struct NodeProcess {
     child: Option<Child>,
 }
 
+/// How the nodes are configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tuning {
+    /// A small snapshot threshold, so that a wiped node rejoins through a snapshot install rather than by replaying
+    /// the log (what `baton chaos` wants to exercise).
+    Chaos,
+    /// The shipped defaults (config/node*.toml), what `baton bench` measures.
+    Defaults,
+}
+
 /// A local three-node cluster run from this very binary.
 #[derive(Debug)]
 pub struct Cluster {
@@ -69,11 +81,16 @@ fn toml_str(s: &str) -> String {
     serde_json::Value::from(s).to_string()
 }
 
-/// The config file of node `id`: fast elections and a small snapshot threshold, so that a wiped node rejoins
-/// through a snapshot install rather than by replaying the log.
-fn render_config(id: u64, data_dir: &Path, members: &[(u64, String, String)]) -> String {
-    let mut s =
-        format!("cluster_id = \"chaos\"\nnode_id = {id}\ndata_dir = {}\n", toml_str(&data_dir.to_string_lossy()));
+/// The config file of node `id`: the shipped election timing, and the snapshot threshold `tuning` asks for.
+fn render_config(id: u64, data_dir: &Path, members: &[(u64, String, String)], tuning: Tuning) -> String {
+    let cluster_id = match tuning {
+        Tuning::Chaos => "chaos",
+        Tuning::Defaults => "bench",
+    };
+    let mut s = format!(
+        "cluster_id = \"{cluster_id}\"\nnode_id = {id}\ndata_dir = {}\n",
+        toml_str(&data_dir.to_string_lossy())
+    );
     for (member, grpc, http) in members {
         s.push_str(&format!(
             "\n[[members]]\nid = {member}\ngrpc_addr = {}\nhttp_addr = {}\n",
@@ -82,7 +99,9 @@ fn render_config(id: u64, data_dir: &Path, members: &[(u64, String, String)]) ->
         ));
     }
     s.push_str("\n[raft]\nheartbeat_interval_ms = 50\nelection_timeout_min_ms = 100\nelection_timeout_max_ms = 200\n");
-    s.push_str("\n[snapshot]\nlogs_since_last = 500\nmax_logs_kept = 200\n");
+    if tuning == Tuning::Chaos {
+        s.push_str("\n[snapshot]\nlogs_since_last = 500\nmax_logs_kept = 200\n");
+    }
     s.push_str("\n[api]\nforward_timeout_ms = 5000\n");
     s
 }
@@ -90,7 +109,7 @@ fn render_config(id: u64, data_dir: &Path, members: &[(u64, String, String)]) ->
 impl Cluster {
     /// Writes the three nodes' configs under `dir` and starts the nodes (without waiting for them): on loopback
     /// ports, or each in its own network namespace when `namespaces` is set.
-    pub fn start(dir: &Path, namespaces: bool) -> anyhow::Result<Cluster> {
+    pub fn start(dir: &Path, namespaces: bool, tuning: Tuning) -> anyhow::Result<Cluster> {
         let exe = std::env::current_exe().context("locating the baton binary")?;
         let ids = [1u64, 2, 3];
         let network = if namespaces { Some(Namespaces::create(&ids)?) } else { None };
@@ -111,7 +130,7 @@ impl Cluster {
         for (id, grpc_addr, _) in &members {
             let data_dir = dir.join(format!("node{id}"));
             let config_path = dir.join(format!("node{id}.toml"));
-            fs::write(&config_path, render_config(*id, &data_dir, &members))
+            fs::write(&config_path, render_config(*id, &data_dir, &members, tuning))
                 .with_context(|| format!("writing {}", config_path.display()))?;
             let channel = crate::raft::network::channel(grpc_addr)
                 .with_context(|| format!("a gRPC channel to node {id} at {grpc_addr}"))?;
@@ -182,12 +201,7 @@ impl Cluster {
             .append(true)
             .open(&node.log_path)
             .with_context(|| format!("opening {}", node.log_path.display()))?;
-        writeln!(
-            log,
-            "===== chaos: starting node {id}: {} server --config {}",
-            exe.display(),
-            node.config_path.display()
-        )?;
+        writeln!(log, "===== starting node {id}: {} server --config {}", exe.display(), node.config_path.display())?;
         command
             .arg("server")
             .arg("--config")
@@ -209,9 +223,14 @@ impl Cluster {
     fn note(&self, id: u64, what: &str) {
         if let Ok(node) = self.node(id) {
             if let Ok(mut log) = OpenOptions::new().append(true).open(&node.log_path) {
-                let _ = writeln!(log, "===== chaos: {what}");
+                let _ = writeln!(log, "===== {what}");
             }
         }
+    }
+
+    /// The process id of node `id`, while it runs.
+    pub fn process_id(&self, id: u64) -> Option<u32> {
+        self.node(id).ok()?.child.as_ref().map(Child::id)
     }
 
     fn pid(&self, id: u64) -> anyhow::Result<Pid> {
