@@ -1,12 +1,15 @@
 //! The Raft log store (openraft's `RaftLogStorage`) over RocksDB.
 //!
-//! Every write that openraft must see durable (append, vote, truncate, purge) is fsynced before it is reported:
-//! an append is acknowledged through `LogFlushed` only after its WriteBatch was written with `sync = true`.
+//! Every write that openraft must see durable (append, vote, truncate, purge) is fsynced before it is reported.
+//! An append writes its WriteBatch at once (so replication and apply can read the entries) and hands the fsync to
+//! the [`WalSyncer`] thread, which reports the append through `LogFlushed` once a WAL sync that began after the
+//! write has finished: the runtime's threads never wait in `fsync`, and appends that arrive while a sync runs
+//! share the next one. Votes, truncations and purges are written with `sync = true` in place (they are rare).
 //! Writes are serialised because openraft calls these methods one at a time through `&mut self`.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
@@ -19,12 +22,48 @@ use crate::raft::{Entry, LogId, NodeId, StorageError, TypeConfig};
 #[derive(Debug, Clone)]
 pub struct LogStore {
     db: Arc<Db>,
+    syncer: WalSyncer,
+}
+
+/// A thread that fsyncs the WAL for appends already written, and then reports them flushed, in order.
+#[derive(Debug, Clone)]
+struct WalSyncer {
+    queue: mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+impl WalSyncer {
+    fn start(db: Arc<Db>) -> Self {
+        let (queue, waiting) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let spawned = std::thread::Builder::new().name("wal-sync".into()).spawn(move || {
+            // Ends when every LogStore (and so every sender) is gone.
+            while let Ok(first) = waiting.recv() {
+                let mut flushed = vec![first];
+                flushed.extend(waiting.try_iter());
+                let result = db.flush_wal(true).map_err(|e| e.to_string());
+                for callback in flushed {
+                    callback.log_io_completed(result.clone().map_err(std::io::Error::other));
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            // Without the thread, every append reports a failed flush (see `flushed`), which stops Raft.
+            tracing::error!(error = %e, "cannot start the WAL sync thread");
+        }
+        WalSyncer { queue }
+    }
+
+    /// Reports `callback` once the WAL holding everything written so far is on disk.
+    fn flushed(&self, callback: LogFlushed<TypeConfig>) {
+        if let Err(mpsc::SendError(callback)) = self.queue.send(callback) {
+            callback.log_io_completed(Err(std::io::Error::other("the WAL sync thread is not running")));
+        }
+    }
 }
 
 impl LogStore {
     /// A log store over `db`.
     pub fn new(db: Arc<Db>) -> Self {
-        LogStore { db }
+        LogStore { syncer: WalSyncer::start(db.clone()), db }
     }
 
     fn meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -130,10 +169,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = codec::encode(&entry).map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
             batch.put_cf(cf, keys::log_key(entry.log_id.index), bytes);
         }
-        let result = self.db.write(batch, true);
-        let reported = result.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
-        callback.log_io_completed(reported);
-        result.map_err(|e| StorageIOError::write_logs(&e).into())
+        match self.db.write(batch, false) {
+            Ok(()) => {
+                self.syncer.flushed(callback);
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(StorageIOError::write_logs(&e).into())
+            }
+        }
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

@@ -166,6 +166,11 @@ impl Db {
     }
 
     /// The raw RocksDB handle, for iteration and snapshots inside this module.
+    /// Writes the WAL out and, with `sync`, fsyncs it: everything written before the call is then durable.
+    pub(crate) fn flush_wal(&self, sync: bool) -> Result<(), rocksdb::Error> {
+        self.db.flush_wal(sync)
+    }
+
     pub(crate) fn raw(&self) -> &DB {
         &self.db
     }
