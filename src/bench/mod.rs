@@ -93,6 +93,20 @@ impl Target {
         }
     }
 
+    /// The highest last log index any node reports (0 when none answers): log entries written so far.
+    pub async fn last_log_index(&self) -> u64 {
+        let mut highest = 0;
+        for addr in &self.addrs {
+            let Ok(channel) = crate::raft::network::channel(addr) else { continue };
+            let mut request = tonic::Request::new(StatusRequest { verify: false });
+            request.set_timeout(Duration::from_millis(500));
+            if let Ok(status) = ClusterServiceClient::new(channel).status(request).await {
+                highest = highest.max(status.get_ref().last_log_index);
+            }
+        }
+        highest
+    }
+
     /// CPU time used so far by each node this run started, by node id (empty for a cluster given by address).
     pub fn cpu_seconds(&self) -> Vec<(u64, f64)> {
         let Some(cluster) = &self.cluster else { return Vec::new() };

@@ -81,7 +81,7 @@ pub async fn run(target: &Target, options: &RaftOptions) -> anyhow::Result<Figur
 
     let next = Arc::new(AtomicUsize::new(0));
     let total = options.total;
-    let (cpu_before, own_before) = (target.cpu_seconds(), own_cpu_seconds());
+    let (cpu_before, own_before, log_before) = (target.cpu_seconds(), own_cpu_seconds(), target.last_log_index().await);
     let started = Instant::now();
     let callers: Vec<_> = (0..options.clients)
         .map(|c| {
@@ -114,6 +114,7 @@ pub async fn run(target: &Target, options: &RaftOptions) -> anyhow::Result<Figur
         first_error = first_error.or(f);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let entries = target.last_log_index().await.saturating_sub(log_before);
     let mut figures = Figures::default();
     figures.set("bench", "raft");
     figures.set("clients", options.clients);
@@ -131,6 +132,9 @@ pub async fn run(target: &Target, options: &RaftOptions) -> anyhow::Result<Figur
     figures.set("p99_ms", samples.percentile_ms(99.0));
     figures.set("max_ms", samples.percentile_ms(100.0));
     figures.set("seconds", round(elapsed, 2));
+    // Group commit: how many writes shared each log entry (entries include the odd heartbeat-free no-op).
+    figures.set("log_entries", entries);
+    figures.set("writes_per_entry", round(samples.len() as f64 / entries.max(1) as f64, 1));
     figures.set("nodes", target.node_figures(&cpu_before));
     figures.set("client_cpu_s", round(own_cpu_seconds() - own_before, 2));
     Ok(figures)

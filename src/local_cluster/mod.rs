@@ -210,6 +210,8 @@ impl Cluster {
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));
         // BATON_* variables would override the generated config; only the log filter may pass.
+        // The nodes size their runtimes for this machine, whatever the runner's own runtime was told.
+        command.env_remove("TOKIO_WORKER_THREADS");
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("BATON_") && key != "BATON_LOG" {
                 command.env_remove(key);

@@ -1,13 +1,14 @@
 //! Group commit on the leader: commands proposed at the same time share one log entry.
 //!
 //! Every write the leader proposes (its own clients', forwarded ones, leases, timer firings) goes through one queue.
-//! A few entries may be in flight at once ([`MAX_ENTRIES_IN_FLIGHT`]); while they are, new commands wait in the
+//! [`MAX_ENTRIES_IN_FLIGHT`] entries may be in flight at once; while they are, new commands wait in the
 //! queue, and the next free slot takes all of them (up to [`MAX_BATCH_COMMANDS`] or [`MAX_BATCH_BYTES`]) as one
 //! `Command::Batch` entry. Under light load a command is proposed alone, at once: batching adds no latency; under
 //! load the entries grow instead of their number, so the fsyncs, the replication round trips and the apply
 //! WriteBatches are shared. The engine applies a batch's commands in order and answers each alone.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -20,8 +21,9 @@ use crate::storage::codec;
 pub const MAX_BATCH_COMMANDS: usize = 128;
 /// A batch stops growing past this encoded size, bytes (a single larger command still goes alone).
 pub const MAX_BATCH_BYTES: usize = 1 << 20;
-/// Entries this leader commits at once; further commands queue and go together in the next.
-pub const MAX_ENTRIES_IN_FLIGHT: usize = 2;
+/// Entries this leader commits at once; further commands queue and go together in the next. One measured best
+/// (docs/perf.md): with the CPU the limit, fewer and larger entries cost less per command than overlapping ones.
+pub const MAX_ENTRIES_IN_FLIGHT: usize = 1;
 
 /// How one command's write ended on the leader.
 #[derive(Debug)]
@@ -66,34 +68,72 @@ impl GroupCommit {
     }
 }
 
+/// A batch at least this large means the callers keep the leader busy: the next batch may wait for them.
+const LINGER_FROM_BATCH: usize = 8;
+/// Longest wait for the callers of the last batch to come back.
+const MAX_LINGER: Duration = Duration::from_millis(1);
+
 async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Queued>, clock: fn() -> u64) {
     let slots = Arc::new(Semaphore::new(MAX_ENTRIES_IN_FLIGHT));
+    // The last entry's size and how long it took from proposal to answer.
+    let last = Arc::new(std::sync::Mutex::new((0usize, Duration::ZERO)));
     while let Some(first) = rx.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let batch = take_batch(first, &mut rx);
-        let raft = raft.clone();
+        let (last_len, last_took) = *last.lock().expect("group commit lock is never poisoned");
+        let mut batch = Batch { items: vec![first], bytes: None };
+        batch.take_queued(&mut rx);
+        if last_len >= LINGER_FROM_BATCH && !batch.full() {
+            // Under load the callers answered by the last entry send their next command within moments: wait
+            // for them (briefly), so one entry carries them all instead of the load splitting into two half-size
+            // entries that alternate, each paying the whole per-entry cost (docs/perf.md).
+            let expected = (last_len + batch.items.len()).min(MAX_BATCH_COMMANDS) * 9 / 10;
+            let deadline = tokio::time::Instant::now() + MAX_LINGER.min(last_took / 2);
+            while batch.items.len() < expected && !batch.full() {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(next)) => {
+                        batch.push(next);
+                        batch.take_queued(&mut rx);
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+        let (raft, last) = (raft.clone(), last.clone());
         tokio::spawn(async move {
-            commit(&raft, batch, clock()).await;
+            let (len, started) = (batch.items.len(), std::time::Instant::now());
+            commit(&raft, batch.items, clock()).await;
+            *last.lock().expect("group commit lock is never poisoned") = (len, started.elapsed());
             drop(slot);
         });
     }
 }
 
-/// `first` and whatever else is queued now, within the batch bounds.
-fn take_batch(first: Queued, rx: &mut mpsc::UnboundedReceiver<Queued>) -> Vec<Queued> {
-    let mut batch = vec![first];
-    let mut bytes = None;
-    while batch.len() < MAX_BATCH_COMMANDS {
-        let Ok(next) = rx.try_recv() else { break };
-        // Sizes are measured only when there is a batch to bound.
-        let total = bytes.get_or_insert_with(|| encoded_len(&batch[0].command));
+/// The commands of the next entry.
+struct Batch {
+    items: Vec<Queued>,
+    /// Their encoded size, measured from the second command on (a lone command is never bounded).
+    bytes: Option<usize>,
+}
+
+impl Batch {
+    fn full(&self) -> bool {
+        self.items.len() >= MAX_BATCH_COMMANDS || self.bytes.is_some_and(|b| b >= MAX_BATCH_BYTES)
+    }
+
+    fn push(&mut self, next: Queued) {
+        let items = &self.items;
+        let total = self.bytes.get_or_insert_with(|| items.iter().map(|q| encoded_len(&q.command)).sum());
         *total += encoded_len(&next.command);
-        batch.push(next);
-        if *total >= MAX_BATCH_BYTES {
-            break;
+        self.items.push(next);
+    }
+
+    /// Adds whatever is queued now, within the batch bounds.
+    fn take_queued(&mut self, rx: &mut mpsc::UnboundedReceiver<Queued>) {
+        while !self.full() {
+            let Ok(next) = rx.try_recv() else { break };
+            self.push(next);
         }
     }
-    batch
 }
 
 fn encoded_len(command: &Command) -> usize {
