@@ -1,17 +1,18 @@
 //! Group commit on the leader: commands proposed at the same time share one log entry.
 //!
 //! Every write the leader proposes (its own clients', forwarded ones, leases, timer firings) goes through one queue.
-//! [`MAX_ENTRIES_IN_FLIGHT`] entries may be in flight at once; while they are, new commands wait in the
-//! queue, and the next free slot takes all of them (up to [`MAX_BATCH_COMMANDS`] or [`MAX_BATCH_BYTES`]) as one
-//! `Command::Batch` entry. Under light load a command is proposed alone, at once: batching adds no latency; under
-//! load the entries grow instead of their number, so the fsyncs, the replication round trips and the apply
-//! WriteBatches are shared. The engine applies a batch's commands in order and answers each alone.
+//! One entry is in flight at a time; while it is, new commands wait in the queue, and the next entry takes all of
+//! them (up to [`MAX_BATCH_COMMANDS`] or [`MAX_BATCH_BYTES`]) as one `Command::Batch`. Under light load a command
+//! is proposed alone, at once: batching adds no latency; under load the entries grow instead of their number, so
+//! the fsyncs, the replication round trips and the apply WriteBatches are shared, and the next entry waits briefly
+//! for the callers of the last one (see `run`). The engine applies a batch's commands in order and answers each
+//! alone. One entry in flight measured best (docs/perf.md): with the CPU the limit, two overlapping entries halve
+//! the batches and double the per-entry costs.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{NodeId, Raft};
 use crate::engine::{Command, CommandResponse, Proposal};
@@ -21,9 +22,6 @@ use crate::storage::codec;
 pub const MAX_BATCH_COMMANDS: usize = 128;
 /// A batch stops growing past this encoded size, bytes (a single larger command still goes alone).
 pub const MAX_BATCH_BYTES: usize = 1 << 20;
-/// Entries this leader commits at once; further commands queue and go together in the next. One measured best
-/// (docs/perf.md): with the CPU the limit, fewer and larger entries cost less per command than overlapping ones.
-pub const MAX_ENTRIES_IN_FLIGHT: usize = 1;
 
 /// How one command's write ended on the leader.
 #[derive(Debug)]
@@ -74,12 +72,9 @@ const LINGER_FROM_BATCH: usize = 8;
 const MAX_LINGER: Duration = Duration::from_millis(1);
 
 async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Queued>, clock: fn() -> u64) {
-    let slots = Arc::new(Semaphore::new(MAX_ENTRIES_IN_FLIGHT));
     // The last entry's size and how long it took from proposal to answer.
-    let last = Arc::new(std::sync::Mutex::new((0usize, Duration::ZERO)));
+    let (mut last_len, mut last_took) = (0usize, Duration::ZERO);
     while let Some(first) = rx.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let (last_len, last_took) = *last.lock().expect("group commit lock is never poisoned");
         let mut batch = Batch { items: vec![first], bytes: None };
         batch.take_queued(&mut rx);
         if last_len >= LINGER_FROM_BATCH && !batch.full() {
@@ -98,13 +93,10 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Queued>, clock: fn() ->
                 }
             }
         }
-        let (raft, last) = (raft.clone(), last.clone());
-        tokio::spawn(async move {
-            let (len, started) = (batch.items.len(), std::time::Instant::now());
-            commit(&raft, batch.items, clock()).await;
-            *last.lock().expect("group commit lock is never poisoned") = (len, started.elapsed());
-            drop(slot);
-        });
+        // One entry in flight: proposed and awaited here, in this task (no hand-off to another).
+        let (len, started) = (batch.items.len(), std::time::Instant::now());
+        commit(&raft, batch.items, clock()).await;
+        (last_len, last_took) = (len, started.elapsed());
     }
 }
 
