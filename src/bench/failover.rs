@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::load::{self, Tally};
+use super::workflow::ClosedLoop;
 use super::{round, Figures, Samples, Target};
 use crate::client::Client;
 
@@ -54,17 +55,8 @@ pub async fn run(target: &mut Target, options: &FailoverOptions) -> anyhow::Resu
     let rate = match options.rate {
         Some(rate) => rate,
         None => {
-            let probe = stop.child_token();
-            permits.add_permits(PROBE_IN_FLIGHT);
-            let starters = load::closed_loop(&clients, 64, permits.clone(), tally.clone(), probe.clone());
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            tally.open_window();
-            tokio::time::sleep(PROBE).await;
-            let window = tally.close_window();
-            probe.cancel();
-            for s in starters {
-                let _ = s.await;
-            }
+            let closed = ClosedLoop { clients: &clients, tally: &tally, permits: &permits, stop: &stop };
+            let (window, _, _) = closed.run(target, PROBE_IN_FLIGHT, PROBE).await;
             window.workflows_done as f64 / window.seconds / 2.0
         }
     };

@@ -56,16 +56,8 @@ pub async fn run(target: &Target, options: &WorkflowOptions) -> anyhow::Result<F
         Some(rate) => rate,
         None => {
             figures.set("in_flight", options.in_flight);
-            let phase = stop.child_token();
-            permits.add_permits(options.in_flight);
-            let starters =
-                load::closed_loop(&clients, options.in_flight.min(64), permits.clone(), tally.clone(), phase.clone());
-            let (max, nodes, client_cpu) = measure(target, &tally, options.duration).await;
-            phase.cancel();
-            for s in starters {
-                let _ = s.await;
-            }
-            drain(&tally).await;
+            let closed = ClosedLoop { clients: &clients, tally: &tally, permits: &permits, stop: &stop };
+            let (max, nodes, client_cpu) = closed.run(target, options.in_flight, options.duration).await;
             let workflows_per_s = max.workflows_done as f64 / max.seconds;
             figures.set("workflows_per_s", round(workflows_per_s, 0));
             figures.set("tasks_per_s", round(max.tasks_done as f64 / max.seconds, 0));
@@ -98,6 +90,32 @@ pub async fn run(target: &Target, options: &WorkflowOptions) -> anyhow::Result<F
         let _ = w.await;
     }
     Ok(figures)
+}
+
+/// A closed-loop phase: what it shares with the rest of the run.
+pub(super) struct ClosedLoop<'a> {
+    pub clients: &'a [Arc<Client>],
+    pub tally: &'a Arc<Tally>,
+    pub permits: &'a Arc<Semaphore>,
+    pub stop: &'a CancellationToken,
+}
+
+impl ClosedLoop<'_> {
+    /// Keeps `in_flight` workflows going, measures them for `duration` after the warm-up, then stops starting and
+    /// lets the ones in flight end: the window, the nodes' figures and the bench's own CPU over it.
+    pub async fn run(&self, target: &Target, in_flight: usize, duration: Duration) -> (Window, serde_json::Value, f64) {
+        let phase = self.stop.child_token();
+        self.permits.add_permits(in_flight);
+        let starters =
+            load::closed_loop(self.clients, in_flight.min(64), self.permits.clone(), self.tally.clone(), phase.clone());
+        let measured = measure(target, self.tally, duration).await;
+        phase.cancel();
+        for s in starters {
+            let _ = s.await;
+        }
+        drain(self.tally).await;
+        measured
+    }
 }
 
 /// Warms up, then measures for `duration`: the window, the nodes' figures and the bench's own CPU over it.
