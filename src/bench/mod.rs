@@ -22,10 +22,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use serde_json::{json, Map, Value};
 
+use crate::api::status::fetch as fetch_status;
 use crate::local_cluster::{Cluster, Tuning};
-use crate::pb::v1::cluster_service_client::ClusterServiceClient;
-use crate::pb::v1::StatusRequest;
 
+/// Longest wait for one node's status.
+const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 /// Longest wait for a fresh cluster's first leader.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
 /// Linux reports a process's CPU times in `/proc/<pid>/stat` in USER_HZ ticks, 100 per second on every
@@ -76,14 +77,8 @@ impl Target {
         let deadline = Instant::now() + STARTUP_DEADLINE;
         loop {
             for addr in &self.addrs {
-                let Ok(channel) = crate::raft::network::channel(addr) else { continue };
-                let mut client = ClusterServiceClient::new(channel);
-                let mut request = tonic::Request::new(StatusRequest { verify: false });
-                request.set_timeout(Duration::from_millis(500));
-                if let Ok(status) = client.status(request).await {
-                    if status.get_ref().role == "leader" {
-                        return Ok(addr.clone());
-                    }
+                if fetch_status(addr, false, STATUS_TIMEOUT).await.is_ok_and(|s| s.role == "leader") {
+                    return Ok(addr.clone());
                 }
             }
             if Instant::now() >= deadline {
@@ -97,11 +92,8 @@ impl Target {
     pub async fn last_log_index(&self) -> u64 {
         let mut highest = 0;
         for addr in &self.addrs {
-            let Ok(channel) = crate::raft::network::channel(addr) else { continue };
-            let mut request = tonic::Request::new(StatusRequest { verify: false });
-            request.set_timeout(Duration::from_millis(500));
-            if let Ok(status) = ClusterServiceClient::new(channel).status(request).await {
-                highest = highest.max(status.get_ref().last_log_index);
+            if let Ok(status) = fetch_status(addr, false, STATUS_TIMEOUT).await {
+                highest = highest.max(status.last_log_index);
             }
         }
         highest
