@@ -10,6 +10,11 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use baton::chaos::faults::FaultKind;
+
+/// mimalloc instead of glibc's malloc: allocation-heavy paths (decoding and cloning workflow records) spent a fifth
+/// of their CPU in malloc and free (docs/perf.md, change 8).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use baton::chaos::ChaosOptions;
 use baton::config::{Config, ConfigError, Overrides};
 

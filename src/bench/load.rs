@@ -231,8 +231,9 @@ pub fn open_loop(clients: &[Arc<Client>], rate: f64, tally: Arc<Tally>, stop: Ca
     })
 }
 
-/// `workers` workers, each polling every task type, the first on node 0, the next on node 1, ...; a worker whose
-/// node fails a poll moves to the next node. A finished workflow gives a permit back to `permits`, if any.
+/// `workers` workers, each polling every task type, the first starting on node 0, the next on node 1, ...; like
+/// Baton's own worker client, each moves to the leader once a reply names it (a follower would forward every poll
+/// and completion to it), and a worker whose node fails a poll moves to the next node. A finished workflow gives a permit back to `permits`, if any.
 pub fn workers(
     addrs: &[String],
     workers: usize,
@@ -248,6 +249,7 @@ pub fn workers(
             .collect::<anyhow::Result<_>>()?;
         for task_type in TASK_TYPES {
             let poller = Poller {
+                addrs: addrs.to_vec(),
                 clients: clients.clone(),
                 at: w % addrs.len(),
                 worker_id: format!("bench-worker-{w}"),
@@ -262,6 +264,7 @@ pub fn workers(
 }
 
 struct Poller {
+    addrs: Vec<String>,
     clients: Vec<TaskServiceClient<Channel>>,
     at: usize,
     worker_id: String,
@@ -297,6 +300,10 @@ impl Poller {
             let (arrived, arrived_ms) = (Instant::now(), now_ms());
             let leader = reply.metadata().get(LEADER_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
             let tasks = reply.into_inner().tasks;
+            // Like Baton's own client: once a reply names the leader, poll it directly (no forwarding hop).
+            if let Some(i) = leader.as_ref().and_then(|l| self.addrs.iter().position(|a| a == l)) {
+                self.at = i;
+            }
             if !tasks.is_empty() {
                 self.tally.dispatched_by(leader.as_deref(), arrived);
             }
