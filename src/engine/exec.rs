@@ -339,7 +339,7 @@ impl<'s, S: StateView> Exec<'s, S> {
                 .filter(|t| t.seq > indexed_up_to)
                 .map(|t| Mutation::PutTaskIndex { task_id: t.task_id.clone(), workflow_id: id.clone() })
                 .collect();
-            mutations.push(Mutation::PutWorkflow(Box::new(wf)));
+            mutations.push(Mutation::PutWorkflow(std::sync::Arc::new(wf)));
             mutations.extend(new_tasks);
         }
         for task_type in std::mem::take(&mut self.dirty_stats) {
@@ -751,7 +751,7 @@ impl<'s, S: StateView> Exec<'s, S> {
             response_timeout_seconds: 0,
             iteration,
             sub_workflow_id: None,
-            workflow_task: step.clone(),
+            workflow_task: std::sync::Arc::new(step.clone()),
             lease_seq: 0,
             finished_by_lease: None,
             logs: Vec::new(),
@@ -1458,7 +1458,7 @@ pub fn new_workflow(
         start_time: now_ms,
         update_time: now_ms,
         end_time: 0,
-        workflow_definition: def,
+        workflow_definition: std::sync::Arc::new(def),
         tasks: Vec::new(),
         next_seq: 0,
         failure_workflow_id: None,

@@ -70,7 +70,7 @@ impl MemoryState {
                     self.workflow_defs.insert((d.name.clone(), workflow_version(&d)), d);
                 }
                 Mutation::PutWorkflow(w) => {
-                    self.workflows.insert(w.workflow_id.clone(), *w);
+                    self.workflows.insert(w.workflow_id.clone(), std::sync::Arc::unwrap_or_clone(w));
                 }
                 Mutation::PutIdempotencyKey { key, workflow_id } => {
                     self.idempotency_keys.insert(key, workflow_id);

@@ -359,8 +359,9 @@ pub enum Mutation {
     PutTaskDef(TaskDef),
     /// Write (create or replace) a workflow definition, keyed by name and version.
     PutWorkflowDef(WorkflowDef),
-    /// Write (create or replace) a workflow execution, keyed by id.
-    PutWorkflow(Box<Workflow>),
+    /// Write (create or replace) a workflow execution, keyed by id. Shared: the batch overlay, the state machine's
+    /// hot workflows and the ready index take it as it is, without a copy.
+    PutWorkflow(std::sync::Arc<Workflow>),
     /// Write a task type's dispatch counters.
     PutTypeStats {
         /// The task type.
@@ -591,7 +592,7 @@ struct Overlay<'s, S: StateView> {
     task_defs: std::collections::BTreeMap<String, Option<TaskDef>>,
     /// Written (`Some`) or deleted (`None`) by the batch so far.
     workflow_defs: std::collections::BTreeMap<(String, u32), Option<WorkflowDef>>,
-    workflows: std::collections::BTreeMap<String, Workflow>,
+    workflows: std::collections::BTreeMap<String, std::sync::Arc<Workflow>>,
     idempotency_keys: std::collections::BTreeMap<String, String>,
     type_stats: std::collections::BTreeMap<String, model::TypeStats>,
 }
@@ -612,7 +613,7 @@ impl<S: StateView> Overlay<'_, S> {
                 self.workflow_defs.insert((name.clone(), *version), None);
             }
             Mutation::PutWorkflow(w) => {
-                self.workflows.insert(w.workflow_id.clone(), w.as_ref().clone());
+                self.workflows.insert(w.workflow_id.clone(), w.clone());
             }
             Mutation::PutIdempotencyKey { key, workflow_id } => {
                 self.idempotency_keys.insert(key.clone(), workflow_id.clone());
@@ -658,7 +659,7 @@ impl<S: StateView> StateView for Overlay<'_, S> {
     }
     fn workflow(&self, id: &str) -> Result<Option<Workflow>, StateError> {
         match self.workflows.get(id) {
-            Some(w) => Ok(Some(w.clone())),
+            Some(w) => Ok(Some(w.as_ref().clone())),
             None => self.base.workflow(id),
         }
     }

@@ -5,6 +5,7 @@
 //! the scheduling rules (those live in `decide`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -188,8 +189,9 @@ pub struct Task {
     /// For SUB_WORKFLOW and START_WORKFLOW: the started workflow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub_workflow_id: Option<String>,
-    /// The step's definition (for dynamic and forked tasks, the generated one).
-    pub workflow_task: WorkflowTask,
+    /// The step's definition (for dynamic and forked tasks, the generated one). Shared, never changed in place:
+    /// copying a workflow (every command on it does) then copies no step definitions.
+    pub workflow_task: Arc<WorkflowTask>,
     /// Leases granted for this attempt so far; the current lease's number (0: never leased).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lease_seq: u64,
@@ -328,8 +330,9 @@ pub struct Workflow {
     /// When it reached a terminal status.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub end_time: u64,
-    /// The definition it runs: a copy, so later changes to the registered definition do not affect it.
-    pub workflow_definition: WorkflowDef,
+    /// The definition it runs: a copy, so later changes to the registered definition do not affect it. Shared,
+    /// replaced whole (restart with the latest definition), never changed in place.
+    pub workflow_definition: Arc<WorkflowDef>,
     /// Every task execution, in `seq` order.
     pub tasks: Vec<Task>,
     /// The next task's `seq`.

@@ -495,7 +495,8 @@ impl<S: StateView> Exec<'_, S> {
             ))));
         }
         let (name, current) = (wf.workflow_name.clone(), wf.workflow_definition.clone());
-        let def = if use_latest_definition { self.workflow_def(&name, None)?.unwrap_or(current) } else { current };
+        let latest = if use_latest_definition { self.workflow_def(&name, None)? } else { None };
+        let def = latest.map_or(current, std::sync::Arc::new);
         let wf = self.workflow(workflow_id)?.expect("loaded above");
         wf.workflow_version = u32::try_from(def.version).unwrap_or(wf.workflow_version);
         wf.workflow_definition = def;

@@ -33,9 +33,18 @@ impl StateDigest {
 
     /// Adds a pair that is now in the state.
     pub fn add(&mut self, key: &[u8], value: &[u8]) {
-        let term = pair_term(key, value);
+        self.add_term(PairTerm::of(key, value));
+    }
+
+    /// Removes a pair that was in the state.
+    pub fn remove(&mut self, key: &[u8], value: &[u8]) {
+        self.remove_term(PairTerm::of(key, value));
+    }
+
+    /// Adds a pair that is now in the state, by its term.
+    pub fn add_term(&mut self, term: PairTerm) {
         let mut carry = false;
-        for (limb, t) in self.0.iter_mut().zip(term) {
+        for (limb, t) in self.0.iter_mut().zip(term.0) {
             let (sum, c1) = limb.overflowing_add(t);
             let (sum, c2) = sum.overflowing_add(u64::from(carry));
             *limb = sum;
@@ -43,11 +52,10 @@ impl StateDigest {
         }
     }
 
-    /// Removes a pair that was in the state.
-    pub fn remove(&mut self, key: &[u8], value: &[u8]) {
-        let term = pair_term(key, value);
+    /// Removes a pair that was in the state, by its term (what [`PairTerm::of`] gave when it was added).
+    pub fn remove_term(&mut self, term: PairTerm) {
         let mut borrow = false;
-        for (limb, t) in self.0.iter_mut().zip(term) {
+        for (limb, t) in self.0.iter_mut().zip(term.0) {
             let (diff, b1) = limb.overflowing_sub(t);
             let (diff, b2) = diff.overflowing_sub(u64::from(borrow));
             *limb = diff;
@@ -82,19 +90,26 @@ impl StateDigest {
     }
 }
 
-/// SHA-256 of one pair, as four little-endian limbs of the 256-bit big-endian number it spells.
-fn pair_term(key: &[u8], value: &[u8]) -> [u64; 4] {
-    let mut hasher = Sha256::new();
-    hasher.update((key.len() as u64).to_be_bytes());
-    hasher.update(key);
-    hasher.update((value.len() as u64).to_be_bytes());
-    hasher.update(value);
-    let hash = hasher.finalize();
-    let mut limbs = [0u64; 4];
-    for (limb, chunk) in limbs.iter_mut().rev().zip(hash.chunks_exact(8)) {
-        *limb = u64::from_be_bytes(chunk.try_into().expect("chunks of 8"));
+/// One pair's share of the digest: SHA-256 of the pair, as four little-endian limbs of the 256-bit big-endian
+/// number it spells. Kept by whoever wants to remove the pair later without reading its value back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PairTerm([u64; 4]);
+
+impl PairTerm {
+    /// The term of `key` holding `value`.
+    pub fn of(key: &[u8], value: &[u8]) -> PairTerm {
+        let mut hasher = Sha256::new();
+        hasher.update((key.len() as u64).to_be_bytes());
+        hasher.update(key);
+        hasher.update((value.len() as u64).to_be_bytes());
+        hasher.update(value);
+        let hash = hasher.finalize();
+        let mut limbs = [0u64; 4];
+        for (limb, chunk) in limbs.iter_mut().rev().zip(hash.chunks_exact(8)) {
+            *limb = u64::from_be_bytes(chunk.try_into().expect("chunks of 8"));
+        }
+        PairTerm(limbs)
     }
-    limbs
 }
 
 #[cfg(test)]

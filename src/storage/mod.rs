@@ -11,6 +11,7 @@
 
 pub mod codec;
 pub mod digest;
+pub mod hot_workflows;
 pub mod keys;
 pub mod log_store;
 pub mod snapshot_file;

@@ -15,7 +15,8 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, Snapshot, Storag
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 use serde::{Deserialize, Serialize};
 
-use super::digest::StateDigest;
+use super::digest::{PairTerm, StateDigest};
+use super::hot_workflows::HotWorkflows;
 use super::snapshot_file::{SnapshotFile, SnapshotFileError};
 use super::{codec, keys, Db};
 use crate::engine::definitions::{TaskDef, WorkflowDef};
@@ -99,7 +100,7 @@ impl Pending {
         self.changed.notified()
     }
 
-    fn update(&self, workflows: &[Workflow]) {
+    fn update<'w>(&self, workflows: impl IntoIterator<Item = &'w Workflow>) {
         {
             let mut index = self.index.lock().expect("pending index lock is never poisoned");
             for wf in workflows {
@@ -129,6 +130,7 @@ impl Pending {
 pub struct StateReader {
     db: Arc<Db>,
     pending: Arc<Pending>,
+    hot: Arc<HotWorkflows>,
 }
 
 impl StateReader {
@@ -157,6 +159,9 @@ impl StateReader {
 
     /// The workflow execution with that id.
     pub fn workflow(&self, id: &str) -> Result<Option<Workflow>, ReadError> {
+        if let Some(hot) = self.hot.get(id) {
+            return Ok(Some(hot.workflow.as_ref().clone()));
+        }
         read_record(&self.db, &keys::workflow(keys::PARTITION_0, id))
     }
 
@@ -250,8 +255,8 @@ fn scan<T: serde::de::DeserializeOwned>(db: &Db, prefix: &[u8]) -> Result<Vec<T>
     Ok(out)
 }
 
-/// The engine's view of the live state.
-struct RocksView<'a>(&'a Db);
+/// The engine's view of the live state: RocksDB, with running workflows from the [`HotWorkflows`].
+struct RocksView<'a>(&'a Db, &'a HotWorkflows);
 
 impl StateView for RocksView<'_> {
     fn task_def(&self, name: &str) -> Result<Option<TaskDef>, StateError> {
@@ -287,6 +292,9 @@ impl StateView for RocksView<'_> {
     }
 
     fn workflow(&self, id: &str) -> Result<Option<Workflow>, StateError> {
+        if let Some(hot) = self.1.get(id) {
+            return Ok(Some(hot.workflow.as_ref().clone()));
+        }
         read_record(self.0, &keys::workflow(keys::PARTITION_0, id)).map_err(|e| StateError(e.to_string()))
     }
 
@@ -329,7 +337,7 @@ impl StateMachineStore {
         };
         let snapshot_file = SnapshotFile::in_data_dir(db.path());
         move_stored_snapshot_to_file(&db, &snapshot_file)?;
-        let reader = StateReader { db: db.clone(), pending };
+        let reader = StateReader { db: db.clone(), pending, hot: Arc::default() };
         Ok(StateMachineStore { db, reader, digest, snapshot_file })
     }
 
@@ -344,33 +352,61 @@ impl StateMachineStore {
     }
 
     /// Writes an entry's mutations into `batch`, the last write of each key winning (a batch of commands may
-    /// write one workflow several times), and returns the digest after them.
-    fn write_mutations(&self, batch: &mut WriteBatch, mutations: &[Mutation]) -> Result<StateDigest, ReadError> {
-        // Last write of a key wins; `None` deletes it.
-        let mut writes: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+    /// write one workflow several times), and returns the digest after them and, for each workflow written, the
+    /// digest term of what was written for it.
+    fn write_mutations(
+        &self,
+        batch: &mut WriteBatch,
+        mutations: &[Mutation],
+    ) -> Result<(StateDigest, BTreeMap<String, PairTerm>), ReadError> {
+        // Last write of a key wins; `None` deletes it. Workflow records also name their workflow.
+        let mut writes: BTreeMap<Vec<u8>, Write<'_>> = BTreeMap::new();
         for mutation in mutations {
             let (key, value) = encode_mutation(mutation)?;
-            writes.insert(key, value);
+            let workflow_id = match mutation {
+                Mutation::PutWorkflow(wf) => Some(wf.workflow_id.as_str()),
+                _ => None,
+            };
+            writes.insert(key, (value, workflow_id));
         }
         let cf = self.db.cf(keys::CF_STATE);
         let mut digest = self.digest;
-        for (key, value) in writes {
-            let old = self.db.get(keys::CF_STATE, &key)?;
-            if let Some(old) = &old {
-                digest.remove(&key, old);
-            }
+        let mut workflow_terms = BTreeMap::new();
+        for (key, (value, workflow_id)) in writes {
+            // The old value leaves the digest: its term is kept for a hot workflow, read back otherwise.
+            let old_existed = match workflow_id.and_then(|id| self.reader.hot.get(id)) {
+                Some(hot) => {
+                    digest.remove_term(hot.term);
+                    true
+                }
+                None => match self.db.get(keys::CF_STATE, &key)? {
+                    Some(old) => {
+                        digest.remove(&key, &old);
+                        true
+                    }
+                    None => false,
+                },
+            };
             match value {
                 Some(value) => {
-                    digest.add(&key, &value);
+                    let term = PairTerm::of(&key, &value);
+                    digest.add_term(term);
+                    if let Some(id) = workflow_id {
+                        workflow_terms.insert(id.to_string(), term);
+                    }
                     batch.put_cf(cf, key, value);
                 }
-                None if old.is_some() => batch.delete_cf(cf, key),
+                None if old_existed => batch.delete_cf(cf, key),
                 None => {}
             }
         }
-        Ok(digest)
+        Ok((digest, workflow_terms))
     }
 }
+
+/// What an entry writes under one `state` key: the encoded value (`None`: delete the key) and, for a workflow
+/// record, the workflow's id.
+type Write<'m> = (Option<Vec<u8>>, Option<&'m str>);
 
 /// The `state` key a mutation changes, and the encoded value it writes there (`None`: it deletes the key).
 fn encode_mutation(mutation: &Mutation) -> Result<(Vec<u8>, Option<Vec<u8>>), codec::CodecError> {
@@ -512,7 +548,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 |e: &dyn std::error::Error| StorageIOError::apply(log_id, openraft::AnyError::error(e.to_string()));
             let mut batch = WriteBatch::default();
             let mut digest = self.digest;
-            let mut changed: Vec<Workflow> = Vec::new();
+            let mut changed: Vec<Arc<Workflow>> = Vec::new();
+            let mut workflow_terms = BTreeMap::new();
             let mut transitions = engine::Transitions::default();
             let response = match &entry.payload {
                 EntryPayload::Blank => CommandResponse::Done,
@@ -524,11 +561,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         kind = proposal.command.kind()
                     )
                     .entered();
-                    let applied = engine::apply(&RocksView(&self.db), proposal).map_err(|e| apply_err(&e))?;
-                    digest = self.write_mutations(&mut batch, &applied.mutations).map_err(|e| apply_err(&e))?;
+                    let view = RocksView(&self.db, &self.reader.hot);
+                    let applied = engine::apply(&view, proposal).map_err(|e| apply_err(&e))?;
+                    (digest, workflow_terms) =
+                        self.write_mutations(&mut batch, &applied.mutations).map_err(|e| apply_err(&e))?;
                     transitions = applied.transitions;
                     changed.extend(applied.mutations.into_iter().filter_map(|m| match m {
-                        Mutation::PutWorkflow(wf) => Some(*wf),
+                        Mutation::PutWorkflow(wf) => Some(wf),
                         _ => None,
                     }));
                     applied.response
@@ -547,7 +586,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             self.db.write(batch, false).map_err(|e| apply_err(&e))?;
             self.digest = digest;
             if !changed.is_empty() {
-                self.reader.pending.update(&changed);
+                // Only now, with the batch written: the last version of each workflow (found from the end), with
+                // the term of what was stored for it.
+                for wf in changed.iter().rev() {
+                    if let Some(term) = workflow_terms.remove(&wf.workflow_id) {
+                        self.reader.hot.written(wf.clone(), term);
+                    }
+                }
+                self.reader.pending.update(changed.iter().map(|wf| wf.as_ref()));
             }
             crate::metrics::metrics().record_transitions(&transitions);
             responses.push(response);
@@ -569,6 +615,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let (db, file, pending) = (self.db.clone(), self.snapshot_file.clone(), self.reader.pending.clone());
+        // The state is about to be replaced: nothing kept from before may answer for it.
+        self.reader.hot.clear();
         let owned_meta = meta.clone();
         let digest = tokio::task::spawn_blocking(move || {
             let digest = install_snapshot(&db, &file, &owned_meta, snapshot.get_ref())?;
@@ -702,6 +750,108 @@ mod tests {
         drop(b);
         let b = StateMachineStore::new(open(dir_b.path())).expect("reopens");
         assert_eq!(b.reader().verified_state_hash().expect("verifies"), a.reader().state_hash().expect("hash"));
+    }
+
+    fn workflow_entry(index: u64, command: Command) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Proposal { at_ms: index, command }),
+        }
+    }
+
+    fn start(id: &str) -> Command {
+        Command::StartWorkflow(crate::engine::ops::StartWorkflow {
+            workflow_id: id.into(),
+            name: "two".into(),
+            version: None,
+            definition: None,
+            input: serde_json::Map::new(),
+            correlation_id: None,
+            priority: 0,
+            task_to_domain: BTreeMap::new(),
+            idempotency_key: None,
+            idempotency_strategy: Default::default(),
+        })
+    }
+
+    /// Completes the workflow's task that is waiting.
+    fn complete_next(sm: &StateMachineStore, id: &str) -> Command {
+        let wf = sm.reader().workflow(id).expect("reads").expect("exists");
+        let task = wf.active_tasks().next().expect("a task is waiting");
+        Command::UpdateTask {
+            workflow_id: id.into(),
+            task_id: task.task_id.clone(),
+            update: crate::engine::ops::TaskUpdate {
+                status: crate::engine::model::TaskStatus::Completed,
+                output: serde_json::Map::new(),
+                reason: None,
+                callback_after_seconds: 0,
+                worker_id: Some("w".into()),
+                lease: None,
+            },
+        }
+    }
+
+    /// What RocksDB holds for the workflow, bypassing the hot workflows.
+    fn stored(sm: &StateMachineStore, id: &str) -> Option<Workflow> {
+        read_record(&sm.db, &keys::workflow(keys::PARTITION_0, id)).expect("reads")
+    }
+
+    #[tokio::test]
+    async fn hot_workflows_agree_with_rocksdb_through_batches_snapshots_and_reopening() {
+        let (dir_a, dir_b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+        let setup = [
+            workflow_entry(1, Command::RegisterTaskDefs { defs: vec![parse_json(r#"{"name":"t"}"#).expect("def")] }),
+            workflow_entry(
+                2,
+                Command::UpdateWorkflowDefs {
+                    defs: vec![parse_json(
+                        r#"{"name":"two","tasks":[{"name":"t","taskReferenceName":"one","type":"SIMPLE"},
+                            {"name":"t","taskReferenceName":"two","type":"SIMPLE"}]}"#,
+                    )
+                    .expect("def")],
+                },
+            ),
+            workflow_entry(3, start("wf1")),
+        ];
+        let mut a = StateMachineStore::new(open(dir_a.path())).expect("opens");
+        a.apply(setup.clone()).await.expect("applies");
+        let mut b = StateMachineStore::new(open(dir_b.path())).expect("opens");
+        b.apply(setup).await.expect("applies");
+        assert_eq!(a.reader().hot.len(), 1, "the started workflow is kept decoded");
+
+        // One entry changing a kept workflow twice and starting another: the last version of each is kept.
+        let first = complete_next(&a, "wf1");
+        a.apply([workflow_entry(4, Command::Batch(vec![first, start("wf2")]))]).await.expect("applies");
+        let second = complete_next(&a, "wf1");
+        a.apply([workflow_entry(5, Command::Batch(vec![second, complete_next(&a, "wf2")]))]).await.expect("applies");
+        for id in ["wf1", "wf2"] {
+            assert_eq!(
+                a.reader().workflow(id).expect("reads"),
+                stored(&a, id),
+                "{id}: the cache answers what is stored"
+            );
+        }
+        assert!(a.reader().hot.get("wf1").is_none(), "a completed workflow leaves the cache");
+        assert!(a.reader().hot.get("wf2").is_some(), "a running one stays");
+        a.reader().verified_state_hash().expect("the running digest, kept with cached terms, equals a full scan");
+
+        // b still has wf1 as started, kept decoded; the snapshot replaces it.
+        assert!(b.reader().hot.get("wf1").is_some());
+        let snapshot = a.get_snapshot_builder().await.build_snapshot().await.expect("builds");
+        b.install_snapshot(&snapshot.meta, snapshot.snapshot).await.expect("installs");
+        assert_eq!(b.reader().workflow("wf1").expect("reads"), stored(&a, "wf1"));
+        let last = complete_next(&a, "wf2");
+        a.apply([workflow_entry(6, last.clone())]).await.expect("applies");
+        b.apply([workflow_entry(6, last)]).await.expect("applies after the snapshot");
+        assert_eq!(b.reader().verified_state_hash().expect("verifies"), a.reader().state_hash().expect("hash"));
+        assert_eq!(b.reader().workflow("wf2").expect("reads"), stored(&a, "wf2"));
+
+        // Reopened: nothing kept, the same answers from RocksDB.
+        drop(a);
+        let a = StateMachineStore::new(open(dir_a.path())).expect("reopens");
+        assert!(a.reader().hot.is_empty());
+        assert_eq!(a.reader().workflow("wf2").expect("reads"), b.reader().workflow("wf2").expect("reads"));
     }
 
     #[tokio::test]
