@@ -70,6 +70,8 @@ impl MemoryState {
                     self.workflow_defs.insert((d.name.clone(), workflow_version(&d)), d);
                 }
                 Mutation::PutWorkflow(w) => {
+                    #[cfg(test)]
+                    assert_round_trips(&w);
                     self.workflows.insert(w.workflow_id.clone(), std::sync::Arc::unwrap_or_clone(w));
                 }
                 Mutation::PutIdempotencyKey { key, workflow_id } => {
@@ -93,4 +95,14 @@ impl MemoryState {
             }
         }
     }
+}
+
+/// The state machine keeps running workflows in memory as the engine left them (storage::hot_workflows), while a
+/// replica that restarted, or evicted one, decodes them from RocksDB: the two must be the same workflow, or
+/// replicas could apply the next command differently. Every workflow the engine's tests write is checked here.
+#[cfg(test)]
+fn assert_round_trips(workflow: &Workflow) {
+    let bytes = rmp_serde::to_vec_named(workflow).expect("a workflow encodes");
+    let decoded: Workflow = rmp_serde::from_slice(&bytes).expect("a workflow decodes");
+    assert_eq!(&decoded, workflow, "a workflow must decode to exactly what was encoded");
 }

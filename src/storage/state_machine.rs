@@ -358,7 +358,7 @@ impl StateMachineStore {
         &self,
         batch: &mut WriteBatch,
         mutations: &[Mutation],
-    ) -> Result<(StateDigest, BTreeMap<String, PairTerm>), ReadError> {
+    ) -> Result<(StateDigest, BTreeMap<String, (PairTerm, usize)>), ReadError> {
         // Last write of a key wins; `None` deletes it. Workflow records also name their workflow.
         let mut writes: BTreeMap<Vec<u8>, Write<'_>> = BTreeMap::new();
         for mutation in mutations {
@@ -392,7 +392,7 @@ impl StateMachineStore {
                     let term = PairTerm::of(&key, &value);
                     digest.add_term(term);
                     if let Some(id) = workflow_id {
-                        workflow_terms.insert(id.to_string(), term);
+                        workflow_terms.insert(id.to_string(), (term, value.len()));
                     }
                     batch.put_cf(cf, key, value);
                 }
@@ -583,14 +583,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let applied_bytes = codec::encode(&Some(log_id)).map_err(|e| apply_err(&e))?;
             batch.put_cf(self.db.cf(keys::CF_SM_META), keys::LAST_APPLIED, applied_bytes);
             batch.put_cf(self.db.cf(keys::CF_SM_META), keys::STATE_DIGEST, digest.to_bytes());
+            // While the batch is written, readers find these workflows in RocksDB, never older versions kept here
+            // next to newer records written with them (a task's index entry).
+            self.reader.hot.forget(workflow_terms.keys().map(String::as_str));
             self.db.write(batch, false).map_err(|e| apply_err(&e))?;
             self.digest = digest;
             if !changed.is_empty() {
                 // Only now, with the batch written: the last version of each workflow (found from the end), with
-                // the term of what was stored for it.
+                // the term and length of what was stored for it.
                 for wf in changed.iter().rev() {
-                    if let Some(term) = workflow_terms.remove(&wf.workflow_id) {
-                        self.reader.hot.written(wf.clone(), term);
+                    if let Some((term, bytes)) = workflow_terms.remove(&wf.workflow_id) {
+                        self.reader.hot.written(wf.clone(), term, bytes);
                     }
                 }
                 self.reader.pending.update(changed.iter().map(|wf| wf.as_ref()));
