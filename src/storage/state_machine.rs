@@ -358,7 +358,7 @@ impl StateMachineStore {
         &self,
         batch: &mut WriteBatch,
         mutations: &[Mutation],
-    ) -> Result<(StateDigest, BTreeMap<String, (PairTerm, usize)>), ReadError> {
+    ) -> Result<(StateDigest, BTreeMap<String, Stored>), ReadError> {
         // Last write of a key wins; `None` deletes it. Workflow records also name their workflow.
         let mut writes: BTreeMap<Vec<u8>, Write<'_>> = BTreeMap::new();
         for mutation in mutations {
@@ -403,6 +403,9 @@ impl StateMachineStore {
         Ok((digest, workflow_terms))
     }
 }
+
+/// What was stored for a workflow: its digest term and its length.
+type Stored = (PairTerm, usize);
 
 /// What an entry writes under one `state` key: the encoded value (`None`: delete the key) and, for a workflow
 /// record, the workflow's id.
