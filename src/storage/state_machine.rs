@@ -353,7 +353,7 @@ impl StateMachineStore {
 
     /// Writes an entry's mutations into `batch`, the last write of each key winning (a batch of commands may
     /// write one workflow several times), and returns the digest after them and, for each workflow written, the
-    /// digest term of what was written for it.
+    /// digest term and length of what was written for it.
     fn write_mutations(
         &self,
         batch: &mut WriteBatch,
