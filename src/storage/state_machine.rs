@@ -159,10 +159,7 @@ impl StateReader {
 
     /// The workflow execution with that id.
     pub fn workflow(&self, id: &str) -> Result<Option<Workflow>, ReadError> {
-        if let Some(hot) = self.hot.get(id) {
-            return Ok(Some(hot.workflow.as_ref().clone()));
-        }
-        read_record(&self.db, &keys::workflow(keys::PARTITION_0, id))
+        read_workflow(&self.db, &self.hot, id)
     }
 
     /// The id of the workflow holding the task with that id.
@@ -241,6 +238,14 @@ fn read_record<T: serde::de::DeserializeOwned>(db: &Db, key: &[u8]) -> Result<Op
     }
 }
 
+/// A workflow: kept decoded in `hot`, or read from RocksDB.
+fn read_workflow(db: &Db, hot: &HotWorkflows, id: &str) -> Result<Option<Workflow>, ReadError> {
+    match hot.get(id) {
+        Some(kept) => Ok(Some(kept.workflow.as_ref().clone())),
+        None => read_record(db, &keys::workflow(keys::PARTITION_0, id)),
+    }
+}
+
 fn scan<T: serde::de::DeserializeOwned>(db: &Db, prefix: &[u8]) -> Result<Vec<T>, ReadError> {
     let mut opts = ReadOptions::default();
     if let Some(end) = keys::prefix_end(prefix) {
@@ -292,10 +297,7 @@ impl StateView for RocksView<'_> {
     }
 
     fn workflow(&self, id: &str) -> Result<Option<Workflow>, StateError> {
-        if let Some(hot) = self.1.get(id) {
-            return Ok(Some(hot.workflow.as_ref().clone()));
-        }
-        read_record(self.0, &keys::workflow(keys::PARTITION_0, id)).map_err(|e| StateError(e.to_string()))
+        read_workflow(self.0, self.1, id).map_err(|e| StateError(e.to_string()))
     }
 
     fn idempotency_key(&self, key: &str) -> Result<Option<String>, StateError> {
