@@ -11,7 +11,9 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::definitions::{TaskDef, WorkflowDef, WorkflowTask};
-use super::model::{Task, TaskStatus, TypeStats, Workflow, WorkflowStatus};
+use super::model::{
+    map_nests_deeper_than, too_deep, Task, TaskStatus, TypeStats, Workflow, WorkflowStatus, MAX_VALUE_DEPTH,
+};
 use super::{expr, jq, script, Mutation, StateError, StateView, Transitions};
 
 /// Most tasks one command may schedule in one workflow: a guard against definitions that loop through system
@@ -416,7 +418,10 @@ impl<'s, S: StateView> Exec<'s, S> {
             if wf.tasks.iter().all(|t| t.status.is_terminal()) {
                 let output = workflow_output(wf);
                 let wf_id = wf.workflow_id.clone();
-                self.end_workflow(wf_id, WorkflowStatus::Completed, String::new(), Some(output))?;
+                match too_deep("the workflow's output", &output) {
+                    None => self.end_workflow(wf_id, WorkflowStatus::Completed, String::new(), Some(output))?,
+                    Some(reason) => self.end_workflow(wf_id, WorkflowStatus::Failed, reason, None)?,
+                }
             }
             return Ok(());
         }
@@ -700,6 +705,14 @@ impl<'s, S: StateView> Exec<'s, S> {
                     input.entry(k.clone()).or_insert_with(|| v.clone());
                 }
             }
+        }
+        if let Some(reason) = too_deep("the resolved input", &input) {
+            // Kept empty: the input is what cannot be stored.
+            let mut task = self.new_task(id, &step, iteration, Map::new(), task_type)?;
+            task.status = TaskStatus::FailedWithTerminalError;
+            task.reason_for_incompletion = Some(reason);
+            task.end_time = now;
+            return self.push_task(id, task);
         }
         let mut task = self.new_task(id, &step, iteration, input, task_type)?;
         if let Some(def) = self.task_def(&step.name)?.or_else(|| step.embedded_task_def()) {
@@ -1145,7 +1158,10 @@ impl<'s, S: StateView> Exec<'s, S> {
         }
         input.insert("failedWorkflow".into(), serde_json::to_value(failed).unwrap_or(Value::Null));
         let id = derive_id(&format!("{}/failure-workflow", failed.workflow_id));
-        if self.exists(&id)? {
+        // A failure workflow's input holds the failed workflow, whose own values may already nest close to
+        // MAX_VALUE_DEPTH, hence the looser bound; a chain of failing failure workflows nests a few levels more
+        // each time and ends at it, well before the state machine could no longer read the input back.
+        if self.exists(&id)? || map_nests_deeper_than(&input, 4 * MAX_VALUE_DEPTH) {
             return Ok(());
         }
         let wf =

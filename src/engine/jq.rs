@@ -37,6 +37,8 @@ use jaq_core::{Compiler, Ctx, Error as JqCoreError, Exn, Native, Vars};
 use jaq_json::{Num, Val};
 use serde_json::{Map, Number, Value};
 
+use super::model::MAX_VALUE_DEPTH;
+
 /// Stack reserved for the thread a query runs on (address space only: untouched pages cost no memory).
 pub const WORKER_STACK_BYTES: usize = 256 * 1024 * 1024;
 
@@ -51,9 +53,8 @@ const MAX_FROMJSON_DEPTH: usize = 10_000;
 /// Query text longer than this is refused before parsing (the parser recurses natively).
 pub const MAX_QUERY_BYTES: usize = 16 * 1024;
 
-/// An output nested deeper than this is refused: Baton's JSON storage could not read it back anyway (serde_json
-/// stops at 128).
-pub const MAX_OUTPUT_DEPTH: usize = 100;
+/// An output nested deeper than this is refused: the engine keeps no value nested deeper ([`MAX_VALUE_DEPTH`]).
+pub const MAX_OUTPUT_DEPTH: usize = MAX_VALUE_DEPTH;
 
 /// How much one evaluation may do; counted, never timed.
 #[derive(Debug, Clone, PartialEq, Eq)]

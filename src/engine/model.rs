@@ -240,6 +240,36 @@ impl Task {
     }
 }
 
+/// Deepest nesting of arrays and objects a value the engine stores may have (a workflow's input, variables and
+/// output, a task's input and output). Values that arrive over the API or from workers are refused beyond it; a
+/// step whose resolved input (or a workflow whose output) would nest deeper fails, naming the limit. Without it the
+/// engine could compose a value (a SET_VARIABLE in a loop wrapping the variable it read) that the state machine
+/// encodes but cannot decode again: the workflow would be written and then unreadable on every replica that has
+/// to read it back. serde_json refuses JSON nested 128 deep, so this also keeps every stored value readable as
+/// JSON with a few levels of document around it.
+pub const MAX_VALUE_DEPTH: usize = 100;
+
+/// Whether `value` nests arrays and objects more than `limit` levels deep (a scalar has 0 levels, `{}` one).
+/// Stops descending at the limit, so its recursion is bounded whatever the value.
+pub fn nests_deeper_than(value: &Value, limit: usize) -> bool {
+    match value {
+        Value::Array(items) => limit == 0 || items.iter().any(|v| nests_deeper_than(v, limit - 1)),
+        Value::Object(map) => map_nests_deeper_than(map, limit),
+        _ => false,
+    }
+}
+
+/// [`nests_deeper_than`] for an object held as its map.
+pub fn map_nests_deeper_than(map: &Map<String, Value>, limit: usize) -> bool {
+    limit == 0 || map.values().any(|v| nests_deeper_than(v, limit - 1))
+}
+
+/// Why a value named `what` is not kept, when it nests deeper than [`MAX_VALUE_DEPTH`].
+pub fn too_deep(what: &str, map: &Map<String, Value>) -> Option<String> {
+    map_nests_deeper_than(map, MAX_VALUE_DEPTH)
+        .then(|| format!("{what} nests arrays and objects more than {MAX_VALUE_DEPTH} levels deep"))
+}
+
 /// Most log lines kept per task attempt.
 pub const MAX_TASK_LOGS: usize = 100;
 /// Longest log line kept, bytes (longer lines are cut).

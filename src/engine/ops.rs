@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::definitions::{validate_workflow_def, TaskTimeoutPolicy, WorkflowDef, WorkflowTimeoutPolicy};
 use super::exec::{is_system_type, new_workflow, DefIndex, Exec, OpResult, Refusal};
-use super::model::{LeaseRef, TaskStatus, Workflow, WorkflowStatus};
+use super::model::{too_deep, LeaseRef, TaskStatus, Workflow, WorkflowStatus};
 use super::StateView;
 
 /// A start request, with the id the leader chose.
@@ -123,6 +123,9 @@ fn not_found(what: &str, id: &str) -> Refusal {
 impl<S: StateView> Exec<'_, S> {
     /// Starts a workflow.
     pub fn op_start(&mut self, req: &StartWorkflow) -> OpResult<String> {
+        if let Some(reason) = too_deep("input", &req.input) {
+            return Ok(Err(Refusal::Invalid(reason)));
+        }
         if let Some(key) = req.idempotency_key.as_deref().filter(|k| !k.is_empty()) {
             if let Some(existing) = self.idempotent_start(key)? {
                 match req.idempotency_strategy {
@@ -303,6 +306,9 @@ impl<S: StateView> Exec<'_, S> {
                 "status: a task update may be IN_PROGRESS, COMPLETED, FAILED or FAILED_WITH_TERMINAL_ERROR, not {}",
                 update.status.as_str()
             ))));
+        }
+        if let Some(reason) = too_deep("outputData", &update.output) {
+            return Ok(Err(Refusal::Invalid(reason)));
         }
         let Some(wf) = self.workflow(workflow_id)? else { return Ok(Err(not_found("workflow", workflow_id))) };
         let Some(i) = wf.task_index(task_id) else { return Ok(Err(not_found("task", task_id))) };
@@ -517,6 +523,12 @@ impl<S: StateView> Exec<'_, S> {
         workflow_input: Option<&Map<String, Value>>,
     ) -> OpResult<()> {
         let now = self.now_ms;
+        let deep = [("taskInput", task_input), ("workflowInput", workflow_input)]
+            .into_iter()
+            .find_map(|(what, input)| input.and_then(|input| too_deep(what, input)));
+        if let Some(reason) = deep {
+            return Ok(Err(Refusal::Invalid(reason)));
+        }
         let Some(wf) = self.workflow(workflow_id)? else { return Ok(Err(not_found("workflow", workflow_id))) };
         if !wf.status.is_terminal() {
             return Ok(Err(Refusal::Conflict(format!(
@@ -556,6 +568,9 @@ impl<S: StateView> Exec<'_, S> {
     /// recorded SKIPPED (with the given output) and the workflow carries on after it.
     pub fn op_skip(&mut self, workflow_id: &str, task_ref: &str, output: &Map<String, Value>) -> OpResult<()> {
         let now = self.now_ms;
+        if let Some(reason) = too_deep("taskOutput", output) {
+            return Ok(Err(Refusal::Invalid(reason)));
+        }
         let Some(wf) = self.workflow(workflow_id)? else { return Ok(Err(not_found("workflow", workflow_id))) };
         if wf.status != WorkflowStatus::Running {
             return Ok(Err(Refusal::Conflict(format!(

@@ -29,6 +29,8 @@ use rquickjs::function::This;
 use rquickjs::{CaughtError, Coerced, Context, Ctx, Function, Object, Runtime, Type, Value as JsValue};
 use serde_json::{Map, Number, Value};
 
+use super::model::MAX_VALUE_DEPTH;
+
 /// QuickJS calls the interrupt handler at the first "tick" of an evaluation and then once every this many ticks
 /// (loop back-edges, function calls, steps of a regular-expression match). One step of
 /// [`ScriptLimits::max_steps`] is one such call; a simple loop iteration costs about two ticks.
@@ -46,8 +48,8 @@ const MAX_STACK_BYTES: usize = 1024 * 1024;
 const GC_THRESHOLD_BYTES: usize = 4 * 1024 * 1024;
 
 /// A result nested deeper than this is refused rather than converted: it is almost always a cycle
-/// (`a.self = a`), and Baton's JSON storage could not read it back anyway (serde_json stops at 128).
-pub const MAX_RESULT_DEPTH: usize = 100;
+/// (`a.self = a`), and the engine keeps no value nested deeper anyway ([`MAX_VALUE_DEPTH`]).
+pub const MAX_RESULT_DEPTH: usize = MAX_VALUE_DEPTH;
 
 /// How close to the memory limit the heap must be for an exception that is not an error object to count as running
 /// out of memory.

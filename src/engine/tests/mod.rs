@@ -7,6 +7,7 @@ mod operations;
 mod properties;
 mod task_types;
 mod timeouts;
+mod value_depth;
 
 use std::collections::BTreeMap;
 
