@@ -8,6 +8,13 @@
 //! (the WAL is fsynced before openraft is told). State-machine batches are not synced: they share the one WAL
 //! with the log, so a later synced write persists them too, and whatever a crash loses of them is re-applied from
 //! the log (which is never purged past what a synced write has covered).
+//!
+//! The WAL is flushed by hand (`manual_wal_flush`): an unsynced write stays in RocksDB's WAL buffer until the next
+//! synced write or WAL sync writes the buffer out, so the runtime's threads make no `write` call on the WAL file
+//! (the log store's sync thread does, with its fsync). A crash, even a process kill, leaves a prefix of the writes
+//! in sequence order: RocksDB writes the buffer out before any memtable is switched and flushed to a table file,
+//! and every sync writes it out first. So the state never holds an entry whose log append was lost, and what is
+//! lost was neither synced nor acknowledged.
 
 pub mod codec;
 pub mod digest;
@@ -127,6 +134,8 @@ impl Db {
         opts.set_keep_log_file_num(4);
         // Debian's librocksdb logs every WAL sync at DEBUG: a formatted line and a write per committed entry.
         opts.set_log_level(rocksdb::LogLevel::Info);
+        // See the module's durability note: unsynced writes wait in RocksDB's buffer for the next sync.
+        opts.set_manual_wal_flush(true);
         let cfs = keys::ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| {
             if source.to_string().contains("lock") {
@@ -184,12 +193,12 @@ impl Db {
         self.db.write_opt(batch, &opts)
     }
 
-    /// The raw RocksDB handle, for iteration and snapshots inside this module.
     /// Writes the WAL out and, with `sync`, fsyncs it: everything written before the call is then durable.
     pub(crate) fn flush_wal(&self, sync: bool) -> Result<(), rocksdb::Error> {
         self.db.flush_wal(sync)
     }
 
+    /// The raw RocksDB handle, for iteration and snapshots inside this module.
     pub(crate) fn raw(&self) -> &DB {
         &self.db
     }
