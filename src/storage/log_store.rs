@@ -4,8 +4,9 @@
 //! An append writes its WriteBatch at once (so replication and apply can read the entries) and hands the fsync to
 //! the [`WalSyncer`] thread, which reports the append through `LogFlushed` once a WAL sync that began after the
 //! write has finished: the runtime's threads never wait in `fsync`, and appends that arrive while a sync runs
-//! share the next one. Votes, truncations and purges are written with `sync = true` in place (they are rare).
-//! Writes are serialised because openraft calls these methods one at a time through `&mut self`.
+//! share the next one. With the WAL flushed by hand (see the storage module), that sync is also what writes the
+//! buffered WAL out to the file. Votes, truncations and purges are written with `sync = true` in place (they are
+//! rare). Writes are serialised because openraft calls these methods one at a time through `&mut self`.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
