@@ -681,6 +681,10 @@ impl<'s, S: StateView> Exec<'s, S> {
             "FORK_JOIN" | "FORK" => "FORK".to_string(),
             other => other.to_string(),
         };
+        if let Some(reason) = too_deep("the resolved input", &input) {
+            // Kept empty: the input is what cannot be stored.
+            return self.fail_unscheduled(id, &step, iteration, Map::new(), task_type, reason);
+        }
         if step.task_type == "DYNAMIC" {
             let param = step.extra_str("dynamicTaskNameParam").unwrap_or_default();
             match input.get(&param).and_then(Value::as_str) {
@@ -689,30 +693,26 @@ impl<'s, S: StateView> Exec<'s, S> {
                     task_type = name.to_string();
                 }
                 None => {
-                    let mut task = self.new_task(id, &step, iteration, input, "DYNAMIC".into())?;
-                    task.status = TaskStatus::FailedWithTerminalError;
-                    task.reason_for_incompletion =
-                        Some(format!("DYNAMIC task: input '{param}' does not name a task definition"));
-                    task.end_time = now;
-                    return self.push_task(id, task);
+                    let reason = format!("DYNAMIC task: input '{param}' does not name a task definition");
+                    return self.fail_unscheduled(id, &step, iteration, input, "DYNAMIC".into(), reason);
                 }
             }
         }
         let mut input = input;
         if !is_system_type(&task_type) {
             if let Some(def) = self.task_def(&step.name)?.or_else(|| step.embedded_task_def()) {
+                let mut defaulted = false;
                 for (k, v) in &def.input_template {
-                    input.entry(k.clone()).or_insert_with(|| v.clone());
+                    input.entry(k.clone()).or_insert_with(|| {
+                        defaulted = true;
+                        v.clone()
+                    });
+                }
+                // A task definition's inputTemplate can nest deeper than the limit (its JSON allows 128 levels).
+                if let Some(reason) = defaulted.then(|| too_deep("the input with its template", &input)).flatten() {
+                    return self.fail_unscheduled(id, &step, iteration, Map::new(), task_type, reason);
                 }
             }
-        }
-        if let Some(reason) = too_deep("the resolved input", &input) {
-            // Kept empty: the input is what cannot be stored.
-            let mut task = self.new_task(id, &step, iteration, Map::new(), task_type)?;
-            task.status = TaskStatus::FailedWithTerminalError;
-            task.reason_for_incompletion = Some(reason);
-            task.end_time = now;
-            return self.push_task(id, task);
         }
         let mut task = self.new_task(id, &step, iteration, input, task_type)?;
         if let Some(def) = self.task_def(&step.name)?.or_else(|| step.embedded_task_def()) {
@@ -721,6 +721,23 @@ impl<'s, S: StateView> Exec<'s, S> {
         if let Some(delay) = step.start_delay.filter(|d| *d > 0) {
             task.visible_from = now + u64::try_from(delay).unwrap_or(0) * 1000;
         }
+        self.push_task(id, task)
+    }
+
+    /// Records a step that could not be scheduled as a task that failed terminally, with `reason`.
+    fn fail_unscheduled(
+        &mut self,
+        id: &str,
+        step: &WorkflowTask,
+        iteration: u32,
+        input: Map<String, Value>,
+        task_type: String,
+        reason: String,
+    ) -> Result<(), StateError> {
+        let mut task = self.new_task(id, step, iteration, input, task_type)?;
+        task.status = TaskStatus::FailedWithTerminalError;
+        task.reason_for_incompletion = Some(reason);
+        task.end_time = self.now_ms;
         self.push_task(id, task)
     }
 

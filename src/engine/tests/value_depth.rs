@@ -115,3 +115,20 @@ fn an_output_template_that_nests_too_deep_fails_the_workflow_instead_of_completi
     assert_eq!(w.status(&id), WorkflowStatus::Completed, "{}", w.dump(&id));
     assert_eq!(w.wf(&id).output["wrapped"]["twice"], nested(MAX_VALUE_DEPTH - 3));
 }
+
+#[test]
+fn a_dynamic_step_whose_resolved_input_nests_too_deep_fails_on_the_depth_and_keeps_no_input() {
+    let mut w = World::new();
+    // The input map and "wrapped" around a value of 99 levels: 101.
+    w.workflow_def(json!({"name": "dyn", "tasks": [
+        {"name": "d", "taskReferenceName": "d", "type": "DYNAMIC", "dynamicTaskNameParam": "which",
+         "inputParameters": {"wrapped": {"x": "${workflow.input.x}"}}}]}));
+    let id = w.start("dyn", json!({ "x": nested(MAX_VALUE_DEPTH - 1) }));
+    assert_eq!(w.status(&id), WorkflowStatus::Failed, "{}", w.dump(&id));
+    let failed = w.task(&id, "d");
+    assert_eq!(
+        failed.reason_for_incompletion.as_deref(),
+        Some(format!("the resolved input nests arrays and objects more than {MAX_VALUE_DEPTH} levels deep").as_str())
+    );
+    assert!(failed.input_data.is_empty());
+}
