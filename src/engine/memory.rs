@@ -102,7 +102,8 @@ impl MemoryState {
 /// replicas could apply the next command differently. Every workflow the engine's tests write is checked here.
 #[cfg(test)]
 fn assert_round_trips(workflow: &Workflow) {
-    let bytes = rmp_serde::to_vec_named(workflow).expect("a workflow encodes");
-    let decoded: Workflow = rmp_serde::from_slice(&bytes).expect("a workflow decodes");
+    use crate::storage::codec;
+    let bytes = codec::encode(workflow).expect("a workflow encodes");
+    let decoded: Workflow = codec::decode(&bytes).expect("a workflow decodes");
     assert_eq!(&decoded, workflow, "a workflow must decode to exactly what was encoded");
 }
