@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use baton::pb::v1::cluster_service_client::ClusterServiceClient;
+use baton::pb::v1::BenchWriteRequest;
 use serde_json::json;
 
 use support::*;
@@ -271,6 +273,35 @@ async fn killed_leader_restarts_as_follower_and_catches_up() -> Result<()> {
     ensure!(
         get_workflow_def(cluster.node(old), "wf-while-down", Some(1), Read::Local).await?.is_some(),
         "workflow def written while n{old} was down is missing on it"
+    );
+    cluster.pass();
+    Ok(())
+}
+
+/// A follower restarted far behind catches up even when the entries it lacks are large. openraft 0.9 gives each
+/// AppendEntries request one heartbeat interval (50 ms) and bounds it only by count (512 entries): ~40 MiB of log
+/// sent as 32 MiB requests timed out forever, and the follower, hearing no leader, stood for election in ever higher
+/// terms. The network layer now sends at most 256 KiB per request (`raft::network::MAX_APPEND_BYTES`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_restarted_far_behind_catches_up_through_large_entries() -> Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let leader = cluster.leader().await?;
+    let victim = cluster.live_except(leader)[0].id;
+    cluster.node(victim).kill()?;
+    let mut client = ClusterServiceClient::new(baton::raft::network::channel(&cluster.node(leader).grpc_addr)?);
+    let mut last_index = 0;
+    for i in 0..640 {
+        let request = BenchWriteRequest { key: format!("large/{i}"), value: vec![b'x'; 64 << 10] };
+        last_index = client.bench_write(request).await.with_context(|| format!("large write {i}"))?.get_ref().log_index;
+    }
+    cluster.node(victim).restart().await?;
+    let statuses = cluster.wait_converged_by(secs(30)).await?;
+    let back = cluster.node(victim).status().await?;
+    ensure!(
+        back.last_applied >= last_index,
+        "n{victim} applied {} < {last_index}: {}",
+        back.last_applied,
+        summary(&statuses)
     );
     cluster.pass();
     Ok(())

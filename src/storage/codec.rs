@@ -35,6 +35,27 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     Ok(out)
 }
 
+/// The length of [`encode`]'s output for `value`, counted without keeping the bytes.
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, CodecError> {
+    let mut counter = ByteCounter(1);
+    rmp_serde::encode::write_named(&mut counter, value)?;
+    Ok(counter.0)
+}
+
+/// A writer that only counts what is written to it.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Decodes what [`encode`] wrote.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     match bytes.split_first() {
@@ -57,5 +78,6 @@ mod tests {
         future[0] = 9;
         assert!(matches!(decode::<serde_json::Value>(&future), Err(CodecError::UnknownVersion(9))));
         assert!(matches!(decode::<serde_json::Value>(&[]), Err(CodecError::Empty)));
+        assert_eq!(encoded_len(&value).expect("counts"), bytes.len());
     }
 }
