@@ -18,6 +18,7 @@
 
 pub mod codec;
 pub mod digest;
+pub mod hot_records;
 pub mod hot_workflows;
 pub mod keys;
 pub mod log_store;

@@ -16,6 +16,7 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 use serde::{Deserialize, Serialize};
 
 use super::digest::{PairTerm, StateDigest};
+use super::hot_records::HotRecords;
 use super::hot_workflows::HotWorkflows;
 use super::snapshot_file::{SnapshotFile, SnapshotFileError};
 use super::{codec, keys, Db};
@@ -260,22 +261,33 @@ fn scan<T: serde::de::DeserializeOwned>(db: &Db, prefix: &[u8]) -> Result<Vec<T>
     Ok(out)
 }
 
-/// The engine's view of the live state: RocksDB, with running workflows from the [`HotWorkflows`].
-struct RocksView<'a>(&'a Db, &'a HotWorkflows);
+/// The engine's view of the live state: RocksDB, with running workflows from the [`HotWorkflows`] and definitions
+/// and counters from the [`HotRecords`].
+struct RocksView<'a> {
+    db: &'a Db,
+    hot: &'a HotWorkflows,
+    records: &'a HotRecords,
+}
+
+fn state_error(e: ReadError) -> StateError {
+    StateError(e.to_string())
+}
 
 impl StateView for RocksView<'_> {
     fn task_def(&self, name: &str) -> Result<Option<TaskDef>, StateError> {
-        read_record(self.0, &keys::task_def(keys::PARTITION_0, name)).map_err(|e| StateError(e.to_string()))
+        let key = || keys::task_def(keys::PARTITION_0, name);
+        self.records.task_def(name, || read_record(self.db, &key())).map_err(state_error)
     }
 
     fn workflow_def(&self, name: &str, version: u32) -> Result<Option<WorkflowDef>, StateError> {
-        read_record(self.0, &keys::workflow_def(keys::PARTITION_0, name, version))
-            .map_err(|e| StateError(e.to_string()))
+        let key = || keys::workflow_def(keys::PARTITION_0, name, version);
+        self.records.workflow_def(name, version, || read_record(self.db, &key())).map_err(state_error)
     }
 
     fn latest_workflow_def(&self, name: &str) -> Result<Option<WorkflowDef>, StateError> {
-        let versions: Result<Vec<WorkflowDef>, _> = scan(self.0, &keys::workflow_def_versions(keys::PARTITION_0, name));
-        versions.map(|mut v| v.pop()).map_err(|e| StateError(e.to_string()))
+        let prefix = || keys::workflow_def_versions(keys::PARTITION_0, name);
+        let load = || scan::<WorkflowDef>(self.db, &prefix()).map(|mut versions| versions.pop());
+        self.records.latest_workflow_def(name, load).map_err(state_error)
     }
 
     fn workflow_def_versions(&self, name: &str) -> Result<Vec<u32>, StateError> {
@@ -284,9 +296,9 @@ impl StateView for RocksView<'_> {
         if let Some(end) = keys::prefix_end(&prefix) {
             opts.set_iterate_upper_bound(end);
         }
-        let cf = self.0.cf(keys::CF_STATE);
+        let cf = self.db.cf(keys::CF_STATE);
         let mut versions = Vec::new();
-        for item in self.0.raw().iterator_cf_opt(cf, opts, IteratorMode::From(&prefix, Direction::Forward)) {
+        for item in self.db.raw().iterator_cf_opt(cf, opts, IteratorMode::From(&prefix, Direction::Forward)) {
             let (key, _) = item.map_err(|e| StateError(e.to_string()))?;
             let suffix: [u8; 4] = key[prefix.len()..]
                 .try_into()
@@ -297,15 +309,16 @@ impl StateView for RocksView<'_> {
     }
 
     fn workflow(&self, id: &str) -> Result<Option<Workflow>, StateError> {
-        read_workflow(self.0, self.1, id).map_err(|e| StateError(e.to_string()))
+        read_workflow(self.db, self.hot, id).map_err(state_error)
     }
 
     fn idempotency_key(&self, key: &str) -> Result<Option<String>, StateError> {
-        read_record(self.0, &keys::idempotency_key(keys::PARTITION_0, key)).map_err(|e| StateError(e.to_string()))
+        read_record(self.db, &keys::idempotency_key(keys::PARTITION_0, key)).map_err(state_error)
     }
 
     fn type_stats(&self, task_type: &str) -> Result<Option<TypeStats>, StateError> {
-        read_record(self.0, &keys::type_stats(keys::PARTITION_0, task_type)).map_err(|e| StateError(e.to_string()))
+        let key = || keys::type_stats(keys::PARTITION_0, task_type);
+        self.records.type_stats(task_type, || read_record(self.db, &key())).map_err(state_error)
     }
 }
 
@@ -318,6 +331,8 @@ pub struct StateMachineStore {
     digest: StateDigest,
     /// Where the current snapshot is kept.
     snapshot_file: SnapshotFile,
+    /// Definitions and counters read by the apply, kept decoded.
+    records: HotRecords,
 }
 
 impl StateMachineStore {
@@ -340,7 +355,7 @@ impl StateMachineStore {
         let snapshot_file = SnapshotFile::in_data_dir(db.path());
         move_stored_snapshot_to_file(&db, &snapshot_file)?;
         let reader = StateReader { db: db.clone(), pending, hot: Arc::default() };
-        Ok(StateMachineStore { db, reader, digest, snapshot_file })
+        Ok(StateMachineStore { db, reader, digest, snapshot_file, records: HotRecords::default() })
     }
 
     /// A read handle that stays valid after the state machine is handed to openraft.
@@ -553,7 +568,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 |e: &dyn std::error::Error| StorageIOError::apply(log_id, openraft::AnyError::error(e.to_string()));
             let mut batch = WriteBatch::default();
             let mut digest = self.digest;
-            let mut changed: Vec<Arc<Workflow>> = Vec::new();
+            let mut mutations: Vec<Mutation> = Vec::new();
             let mut workflow_terms = BTreeMap::new();
             let mut transitions = engine::Transitions::default();
             let response = match &entry.payload {
@@ -566,15 +581,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         kind = proposal.command.kind()
                     )
                     .entered();
-                    let view = RocksView(&self.db, &self.reader.hot);
+                    let view = RocksView { db: &self.db, hot: &self.reader.hot, records: &self.records };
                     let applied = engine::apply(&view, proposal).map_err(|e| apply_err(&e))?;
                     (digest, workflow_terms) =
                         self.write_mutations(&mut batch, &applied.mutations).map_err(|e| apply_err(&e))?;
                     transitions = applied.transitions;
-                    changed.extend(applied.mutations.into_iter().filter_map(|m| match m {
-                        Mutation::PutWorkflow(wf) => Some(wf),
-                        _ => None,
-                    }));
+                    mutations = applied.mutations;
                     applied.response
                 }
                 EntryPayload::Membership(membership) => {
@@ -593,6 +605,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             self.reader.hot.forget(workflow_terms.keys().map(String::as_str));
             self.db.write(batch, false).map_err(|e| apply_err(&e))?;
             self.digest = digest;
+            self.records.written(&mutations);
+            let changed: Vec<Arc<Workflow>> = mutations
+                .into_iter()
+                .filter_map(|m| match m {
+                    Mutation::PutWorkflow(wf) => Some(wf),
+                    _ => None,
+                })
+                .collect();
             if !changed.is_empty() {
                 // Only now, with the batch written: the last version of each workflow (found from the end), with
                 // the term and length of what was stored for it.
@@ -625,6 +645,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let (db, file, pending) = (self.db.clone(), self.snapshot_file.clone(), self.reader.pending.clone());
         // The state is about to be replaced: nothing kept from before may answer for it.
         self.reader.hot.clear();
+        self.records.clear();
         let owned_meta = meta.clone();
         let digest = tokio::task::spawn_blocking(move || {
             let digest = install_snapshot(&db, &file, &owned_meta, snapshot.get_ref())?;
@@ -860,6 +881,87 @@ mod tests {
         let a = StateMachineStore::new(open(dir_a.path())).expect("reopens");
         assert!(a.reader().hot.is_empty());
         assert_eq!(a.reader().workflow("wf2").expect("reads"), b.reader().workflow("wf2").expect("reads"));
+    }
+
+    fn command_entry(index: u64, command: Command) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Proposal { at_ms: index, command }),
+        }
+    }
+
+    /// What the apply's view answers (from the hot records once read) against what RocksDB holds.
+    fn assert_records_agree(sm: &StateMachineStore, task: &str, workflow: &str) {
+        let view = RocksView { db: &sm.db, hot: &sm.reader.hot, records: &sm.records };
+        let reader = sm.reader();
+        for _ in 0..2 {
+            assert_eq!(view.task_def(task).expect("view"), reader.task_def(task).expect("rocksdb"), "task def {task}");
+            assert_eq!(
+                view.latest_workflow_def(workflow).expect("view"),
+                reader.workflow_def(workflow, None).expect("rocksdb"),
+                "latest workflow def {workflow}"
+            );
+            for version in 1..=2 {
+                assert_eq!(
+                    view.workflow_def(workflow, version).expect("view"),
+                    reader.workflow_def(workflow, Some(version)).expect("rocksdb"),
+                    "workflow def {workflow} v{version}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn hot_records_agree_with_rocksdb_through_updates_deletes_and_snapshots() {
+        let (dir_a, dir_b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+        let mut a = StateMachineStore::new(open(dir_a.path())).expect("opens");
+        let task = |retries: u32| -> TaskDef {
+            parse_json(&format!(r#"{{"name":"t","retryCount":{retries}}}"#)).expect("parses")
+        };
+        let wf = |version: u32, task: &str| -> WorkflowDef {
+            let json = format!(
+                r#"{{"name":"w","version":{version},"tasks":[{{"name":"{task}","taskReferenceName":"r","type":"SIMPLE"}}]}}"#
+            );
+            parse_json(&json).expect("parses")
+        };
+        assert_records_agree(&a, "t", "w");
+        a.apply([
+            command_entry(1, Command::RegisterTaskDefs { defs: vec![task(1)] }),
+            command_entry(2, Command::RegisterWorkflowDef { def: wf(1, "t"), overwrite: false }),
+        ])
+        .await
+        .expect("applies");
+        assert_records_agree(&a, "t", "w");
+        a.apply([
+            command_entry(3, Command::UpdateTaskDef { def: task(2) }),
+            command_entry(4, Command::RegisterWorkflowDef { def: wf(2, "t"), overwrite: false }),
+        ])
+        .await
+        .expect("applies");
+        assert_records_agree(&a, "t", "w");
+        assert_eq!(a.reader().workflow_def("w", None).expect("reads").map(|d| d.version), Some(2));
+        // Replaced in the same entry that reads it afterwards, then deleted.
+        a.apply([command_entry(
+            5,
+            Command::Batch(vec![
+                Command::RegisterWorkflowDef { def: wf(1, "u"), overwrite: true },
+                Command::DeleteWorkflowDef { name: "w".into(), version: 2 },
+                Command::DeleteTaskDef { name: "t".into() },
+            ]),
+        )])
+        .await
+        .expect("applies");
+        assert_records_agree(&a, "t", "w");
+        assert_eq!(a.reader().workflow_def("w", None).expect("reads").map(|d| d.version), Some(1));
+
+        // A snapshot install replaces whatever b kept.
+        let mut b = StateMachineStore::new(open(dir_b.path())).expect("opens");
+        b.apply([command_entry(1, Command::RegisterTaskDefs { defs: vec![task(7)] })]).await.expect("applies");
+        assert_records_agree(&b, "t", "w");
+        let snapshot = a.get_snapshot_builder().await.build_snapshot().await.expect("builds");
+        b.install_snapshot(&snapshot.meta, snapshot.snapshot).await.expect("installs");
+        assert_records_agree(&b, "t", "w");
+        assert!(b.reader().task_def("t").expect("reads").is_none());
     }
 
     #[tokio::test]
