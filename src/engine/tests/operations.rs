@@ -434,6 +434,28 @@ fn a_batch_sees_the_deletions_of_its_earlier_commands() {
 }
 
 #[test]
+fn a_batch_starts_the_stored_latest_version_until_it_writes_a_newer_one() {
+    let mut w = World::new();
+    two_step(&mut w);
+    let v2: crate::engine::definitions::WorkflowDef = parse_json(
+        &json!({"name": "two", "version": 2, "tasks": [{"name": "a", "taskReferenceName": "a"}]}).to_string(),
+    )
+    .expect("parses");
+    let (before, after) = (w.start_request("two", json!({})), w.start_request("two", json!({})));
+    let (before_id, after_id) = (before.workflow_id.clone(), after.workflow_id.clone());
+    let CommandResponse::Batch(answers) = w.run(Command::Batch(vec![
+        Command::StartWorkflow(before),
+        Command::RegisterWorkflowDef { def: v2, overwrite: false },
+        Command::StartWorkflow(after),
+    ])) else {
+        panic!("expected the batch's answers")
+    };
+    assert_eq!(answers[1], CommandResponse::Done);
+    assert_eq!(w.wf(&before_id).workflow_version, 1, "no version written yet: the stored latest");
+    assert_eq!(w.wf(&after_id).workflow_version, 2, "the version the batch wrote");
+}
+
+#[test]
 fn idempotency_strategies_fail_return_existing_or_fail_only_while_running() {
     use crate::engine::ops::IdempotencyStrategy;
     let mut w = World::new();
