@@ -404,14 +404,17 @@ fn deleting_definitions_leaves_running_workflows_alone_and_unknown_ones_are_not_
     assert_eq!(w.status(&running), WorkflowStatus::Completed);
 }
 
+/// Version `version` of `two_step`'s workflow, with step "a" only.
+fn two_version(version: u32) -> crate::engine::definitions::WorkflowDef {
+    let json = json!({"name": "two", "version": version, "tasks": [{"name": "a", "taskReferenceName": "a"}]});
+    parse_json(&json.to_string()).expect("parses")
+}
+
 #[test]
 fn a_batch_sees_the_deletions_of_its_earlier_commands() {
     let mut w = World::new();
     two_step(&mut w);
-    let v3: crate::engine::definitions::WorkflowDef = parse_json(
-        &json!({"name": "two", "version": 3, "tasks": [{"name": "a", "taskReferenceName": "a"}]}).to_string(),
-    )
-    .expect("parses");
+    let v3 = two_version(3);
     let start = w.start_request("two", json!({}));
     let started = start.workflow_id.clone();
     let CommandResponse::Batch(answers) = w.run(Command::Batch(vec![
@@ -437,10 +440,7 @@ fn a_batch_sees_the_deletions_of_its_earlier_commands() {
 fn a_batch_starts_the_stored_latest_version_until_it_writes_a_newer_one() {
     let mut w = World::new();
     two_step(&mut w);
-    let v2: crate::engine::definitions::WorkflowDef = parse_json(
-        &json!({"name": "two", "version": 2, "tasks": [{"name": "a", "taskReferenceName": "a"}]}).to_string(),
-    )
-    .expect("parses");
+    let v2 = two_version(2);
     let (before, after) = (w.start_request("two", json!({})), w.start_request("two", json!({})));
     let (before_id, after_id) = (before.workflow_id.clone(), after.workflow_id.clone());
     let CommandResponse::Batch(answers) = w.run(Command::Batch(vec![
