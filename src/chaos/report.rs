@@ -72,6 +72,9 @@ pub struct Report {
     pub tasks: TaskFigures,
     /// Terms in which the sampler saw a leader.
     pub terms_with_a_leader: usize,
+    /// Leader ids (openraft's `(term, node id)`) the sampler saw leading; more than the terms when a term elected
+    /// two leaders in turn, which openraft's default leader id allows.
+    pub leaders_elected: usize,
     /// The final applied index every replica agreed on (0 when they did not).
     pub converged_at_index: u64,
     /// Broken promises; empty for a good run.
@@ -141,6 +144,7 @@ impl Report {
             ("completions refused (stale lease)", t.refused_stale_lease.to_string()),
             ("tasks abandoned by killed workers", t.abandoned_by_killed_workers.to_string()),
             ("terms with a leader", self.terms_with_a_leader.to_string()),
+            ("leaders elected (term, node)", self.leaders_elected.to_string()),
             ("replicas converged at index", self.converged_at_index.to_string()),
             ("violations", self.violations.len().to_string()),
         ] {
