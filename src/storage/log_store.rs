@@ -17,6 +17,7 @@ use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 
 use super::{codec, keys, Db};
+use crate::raft::network::MAX_APPEND_BYTES;
 use crate::raft::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
 /// The log store; cheap to clone (the clone is the log reader replication tasks use).
@@ -26,17 +27,37 @@ pub struct LogStore {
     syncer: WalSyncer,
 }
 
-/// A thread that fsyncs the WAL for appends already written, and then reports them flushed, in order.
+/// A thread that fsyncs the WAL for appends already written, and then reports them flushed, in order. Shared by
+/// the store's clones; when the last one goes, the thread is stopped and joined, so it no longer holds the
+/// database once the store is dropped (a database still closing on that thread while the process exits crashed
+/// test binaries at exit).
 #[derive(Debug, Clone)]
 struct WalSyncer {
-    queue: mpsc::Sender<LogFlushed<TypeConfig>>,
+    thread: Arc<SyncThread>,
+}
+
+#[derive(Debug)]
+struct SyncThread {
+    /// `None` only while dropping.
+    queue: Option<mpsc::Sender<LogFlushed<TypeConfig>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for SyncThread {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread's loop once the syncs it holds are done.
+        self.queue = None;
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
 }
 
 impl WalSyncer {
     fn start(db: Arc<Db>) -> Self {
         let (queue, waiting) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let spawned = std::thread::Builder::new().name("wal-sync".into()).spawn(move || {
-            // Ends when every LogStore (and so every sender) is gone.
+            // Ends when the queue is closed (the last LogStore is gone).
             while let Ok(first) = waiting.recv() {
                 let mut flushed = vec![first];
                 flushed.extend(waiting.try_iter());
@@ -46,16 +67,23 @@ impl WalSyncer {
                 }
             }
         });
-        if let Err(e) = spawned {
-            // Without the thread, every append reports a failed flush (see `flushed`), which stops Raft.
-            tracing::error!(error = %e, "cannot start the WAL sync thread");
-        }
-        WalSyncer { queue }
+        let handle = match spawned {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                // Without the thread, every append reports a failed flush (see `flushed`), which stops Raft.
+                tracing::error!(error = %e, "cannot start the WAL sync thread");
+                None
+            }
+        };
+        WalSyncer { thread: Arc::new(SyncThread { queue: Some(queue), handle }) }
     }
 
     /// Reports `callback` once the WAL holding everything written so far is on disk.
     fn flushed(&self, callback: LogFlushed<TypeConfig>) {
-        if let Err(mpsc::SendError(callback)) = self.queue.send(callback) {
+        let Some(queue) = &self.thread.queue else {
+            return callback.log_io_completed(Err(std::io::Error::other("the WAL sync thread is stopping")));
+        };
+        if let Err(mpsc::SendError(callback)) = queue.send(callback) {
             callback.log_io_completed(Err(std::io::Error::other("the WAL sync thread is not running")));
         }
     }
@@ -91,6 +119,34 @@ impl LogStore {
     }
 }
 
+impl LogStore {
+    /// The stored entries from `start` up to `end` (exclusive; `None`: the last), stopping before the entry that
+    /// would take the stored bytes read past `budget` (the first one is always read).
+    fn read_entries(&self, start: u64, end: Option<u64>, budget: usize) -> Result<Vec<Entry>, StorageError> {
+        let mut opts = ReadOptions::default();
+        if let Some(end) = end {
+            opts.set_iterate_upper_bound(keys::log_key(end));
+        }
+        let from = keys::log_key(start);
+        let iter = self.db.raw().iterator_cf_opt(
+            self.db.cf(keys::CF_RAFT_LOG),
+            opts,
+            IteratorMode::From(&from, Direction::Forward),
+        );
+        let mut entries = Vec::new();
+        let mut bytes = 0usize;
+        for item in iter {
+            let (_, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
+            bytes = bytes.saturating_add(value.len());
+            if bytes > budget && !entries.is_empty() {
+                break;
+            }
+            entries.push(codec::decode(&value).map_err(|e| StorageIOError::read_logs(&e))?);
+        }
+        Ok(entries)
+    }
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -101,28 +157,21 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        let mut opts = ReadOptions::default();
-        match range.end_bound() {
-            Bound::Included(&i) => {
-                if let Some(end) = i.checked_add(1) {
-                    opts.set_iterate_upper_bound(keys::log_key(end));
-                }
-            }
-            Bound::Excluded(&i) => opts.set_iterate_upper_bound(keys::log_key(i)),
-            Bound::Unbounded => {}
-        }
-        let from = keys::log_key(start);
-        let iter = self.db.raw().iterator_cf_opt(
-            self.db.cf(keys::CF_RAFT_LOG),
-            opts,
-            IteratorMode::From(&from, Direction::Forward),
-        );
-        let mut entries = Vec::new();
-        for item in iter {
-            let (_, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-            entries.push(codec::decode(&value).map_err(|e| StorageIOError::read_logs(&e))?);
-        }
-        Ok(entries)
+        let end = match range.end_bound() {
+            Bound::Included(&i) => i.checked_add(1),
+            Bound::Excluded(&i) => Some(i),
+            Bound::Unbounded => None,
+        };
+        self.read_entries(start, end, usize::MAX)
+    }
+
+    /// What replication reads to send: at most one AppendEntries request's worth of entries
+    /// ([`MAX_APPEND_BYTES`]). openraft asks for up to `max_payload_entries` (512) at once; reading and decoding
+    /// them all, megabytes when entries carry batches of workflows, only for the network to send the first
+    /// 256 KiB, was what made a new leader's first commit slow: its search for what each follower holds starts in
+    /// the middle of its log and reads such a range at every step (docs/perf.md, change 13).
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+        self.read_entries(start, Some(end), MAX_APPEND_BYTES)
     }
 }
 
@@ -199,5 +248,73 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             keys::log_key(log_id.index.saturating_add(1)),
         );
         self.db.write(batch, true).map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::engine::{Command, Proposal};
+    use crate::storage::Identity;
+
+    /// A store holding entries 1..=`sizes.len()`, each a bench write of the given value size.
+    fn store_with(dir: &std::path::Path, sizes: &[usize]) -> LogStore {
+        let identity = Identity { cluster_id: "log-store".into(), node_id: 1 };
+        let db = Db::open(dir, &identity).expect("opens");
+        let mut batch = WriteBatch::default();
+        for (i, size) in sizes.iter().enumerate() {
+            let entry = Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), i as u64 + 1),
+                payload: EntryPayload::Normal(Proposal {
+                    at_ms: 0,
+                    command: Command::BenchWrite { key: format!("k{i}"), value: vec![7; *size] },
+                }),
+            };
+            batch.put_cf(
+                db.cf(keys::CF_RAFT_LOG),
+                keys::log_key(entry.log_id.index),
+                codec::encode(&entry).expect("encodes"),
+            );
+        }
+        db.write(batch, false).expect("writes");
+        LogStore::new(db)
+    }
+
+    /// The indexes a limited read of `[start, end)` returns.
+    async fn limited(store: &mut LogStore, start: u64, end: u64) -> Vec<u64> {
+        let entries = store.limited_get_log_entries(start, end).await.expect("reads");
+        entries.iter().map(|e| e.log_id.index).collect()
+    }
+
+    /// The indexes a full read of `range` returns.
+    async fn full<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(store: &mut LogStore, range: RB) -> Vec<u64> {
+        let entries = store.try_get_log_entries(range).await.expect("reads");
+        entries.iter().map(|e| e.log_id.index).collect()
+    }
+
+    #[tokio::test]
+    async fn a_limited_read_stops_at_one_requests_worth_and_a_full_read_does_not() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut store = store_with(dir.path(), &[100 << 10, 100 << 10, 100 << 10, 100 << 10, 1 << 10]);
+
+        // 256 KiB holds two of the 100 KiB entries, not three.
+        assert_eq!(limited(&mut store, 1, 6).await, [1, 2]);
+        assert_eq!(limited(&mut store, 4, 6).await, [4, 5]);
+        // The end bound still holds, and the whole range is read when asked for.
+        assert_eq!(limited(&mut store, 2, 3).await, [2]);
+        assert_eq!(full(&mut store, 1..6).await, [1, 2, 3, 4, 5]);
+        assert_eq!(full(&mut store, 2..=3).await, [2, 3]);
+        assert_eq!(full(&mut store, 4..).await, [4, 5]);
+    }
+
+    #[tokio::test]
+    async fn a_limited_read_returns_an_entry_larger_than_the_budget_alone() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut store = store_with(dir.path(), &[300 << 10, 1 << 10]);
+
+        assert_eq!(limited(&mut store, 1, 3).await, [1]);
+        assert_eq!(limited(&mut store, 2, 3).await, [2]);
     }
 }
