@@ -120,8 +120,9 @@ pub struct RaftConfig {
 }
 
 impl Default for RaftConfig {
-    /// 50 ms heartbeats, a 100–200 ms election timeout, 2 s per snapshot chunk, 512
-    /// entries per append. openraft 0.9 adds a leader lease of `election_timeout_max_ms`
+    /// 50 ms heartbeats, a 100–200 ms election timeout, 2 s per snapshot chunk, 32
+    /// entries per append (fewer than openraft's 300: a new leader re-checks each follower's log one such range
+    /// at a time, see docs/adr/0005-election-timing.md). openraft 0.9 adds a leader lease of `election_timeout_max_ms`
     /// before a follower may stand, so a follower elects after 300–400 ms without a
     /// heartbeat (docs/adr/0005-election-timing.md).
     fn default() -> Self {
@@ -130,7 +131,7 @@ impl Default for RaftConfig {
             election_timeout_min_ms: 100,
             election_timeout_max_ms: 200,
             install_snapshot_timeout_ms: 2000,
-            max_payload_entries: 512,
+            max_payload_entries: 32,
         }
     }
 }
@@ -1033,7 +1034,7 @@ mod tests {
                 election_timeout_min_ms: 100,
                 election_timeout_max_ms: 200,
                 install_snapshot_timeout_ms: 2000,
-                max_payload_entries: 512,
+                max_payload_entries: 32,
             }
         );
         assert_eq!(

@@ -166,10 +166,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 
     /// What replication reads to send: at most one AppendEntries request's worth of entries
-    /// ([`MAX_APPEND_BYTES`]). openraft asks for up to `max_payload_entries` (512) at once; reading and decoding
-    /// them all, megabytes when entries carry batches of workflows, only for the network to send the first
-    /// 256 KiB, was what made a new leader's first commit slow: its search for what each follower holds starts in
-    /// the middle of its log and reads such a range at every step (docs/perf.md, change 13).
+    /// ([`MAX_APPEND_BYTES`]). openraft asks for up to `max_payload_entries` at once; reading and decoding them
+    /// all (megabytes with 512 entries that carry batches of workflows) only for the network to send the first
+    /// 256 KiB made each step of a new leader's search for what its followers hold slow (docs/perf.md, change 13).
     async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
         self.read_entries(start, Some(end), MAX_APPEND_BYTES)
     }
