@@ -117,9 +117,7 @@ impl LogStore {
             }
         }
     }
-}
 
-impl LogStore {
     /// The stored entries from `start` up to `end` (exclusive; `None`: the last), stopping before the entry that
     /// would take the stored bytes read past `budget` (the first one is always read).
     fn read_entries(&self, start: u64, end: Option<u64>, budget: usize) -> Result<Vec<Entry>, StorageError> {
