@@ -128,8 +128,9 @@ impl Batch {
     }
 }
 
+/// A command's encoded size, counted without encoding it into a buffer.
 fn encoded_len(command: &Command) -> usize {
-    codec::encode(command).map_or(0, |b| b.len())
+    codec::encoded_len(command).unwrap_or(0)
 }
 
 async fn commit(raft: &Raft, batch: Vec<Queued>, at_ms: u64) {
