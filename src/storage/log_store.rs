@@ -11,12 +11,14 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{mpsc, Arc};
+use std::time::Instant;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader, StorageIOError, Vote};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 
 use super::{codec, keys, Db};
+use crate::metrics::metrics;
 use crate::raft::network::MAX_APPEND_BYTES;
 use crate::raft::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
@@ -61,7 +63,9 @@ impl WalSyncer {
             while let Ok(first) = waiting.recv() {
                 let mut flushed = vec![first];
                 flushed.extend(waiting.try_iter());
+                let began = Instant::now();
                 let result = db.flush_wal(true).map_err(|e| e.to_string());
+                metrics().wal_sync_seconds.observe(began.elapsed().as_secs_f64());
                 for callback in flushed {
                     callback.log_io_completed(result.clone().map_err(std::io::Error::other));
                 }
