@@ -21,8 +21,8 @@ use crate::engine::Transitions;
 
 /// Latency buckets, seconds: 0.5 ms to 10 s (a synced write is ~0.2 ms here; a long poll waits up to seconds).
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-/// Disk sync buckets, seconds: 100 µs to 2.5 s (a quiet disk syncs in ~0.2 ms; a stall behind a table file's writeback
-/// takes tens of ms).
+/// Disk sync buckets, seconds: 100 µs to 2.5 s (a quiet disk syncs in ~0.2 ms; syncs of 30-50 ms were seen under
+/// load, docs/perf.md).
 const SYNC_BUCKETS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5];
 
 /// Every metric Baton exports.

@@ -83,8 +83,8 @@ impl SnapshotFile {
         header.extend_from_slice(&(data.len() as u64).to_be_bytes());
         file.write_all(&header).map_err(io_err(&tmp))?;
         // Synced a slice at a time: on ext4 (data=ordered) the WAL's next fsync waits for whatever file data is dirty
-        // when it commits the journal, so tens of megabytes written at once and synced at the end stalled the log's
-        // syncs on the same disk for tens of milliseconds.
+        // when it commits the journal, so tens of megabytes written at once and synced at the end could hold up the
+        // log's syncs on the same disk for as long as they take to write.
         for slice in data.chunks(SYNC_EVERY_BYTES) {
             file.write_all(slice).map_err(io_err(&tmp))?;
             file.sync_data().map_err(io_err(&tmp))?;
