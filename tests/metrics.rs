@@ -84,11 +84,10 @@ async fn metrics_follow_what_the_cluster_did() -> Result<()> {
         ensure!(m.value("baton_workflows", &[("status", "COMPLETED")]) == 2.0, "n{}: completed workflows", node.id);
         ensure!(m.value("baton_workflows", &[("status", "RUNNING")]) == 1.0, "n{}: running workflows", node.id);
         ensure!(m.value("baton_workflows_started_total", &[]) == 3.0, "n{}: started", node.id);
-        // Every replica appended the entries; appends that arrive during a sync share the next, so at most one each.
+        // Every replica appended entries, and an append is reported only after a WAL sync. (Not bounded by the
+        // entry count: an election's entries may be appended, truncated and appended again.)
         let syncs = m.value("baton_wal_sync_duration_seconds_count", &[]);
-        // Indexes start at 0 (the initial membership).
-        let entries = m.value("baton_raft_last_log_index", &[]) + 1.0;
-        ensure!(syncs >= 1.0 && syncs <= entries, "n{}: {syncs} WAL syncs for {entries} log entries", node.id);
+        ensure!(syncs >= 1.0, "n{}: {syncs} WAL syncs", node.id);
     }
     let on_leader = Scrape::of(leader).await?;
     let dispatched = on_leader.value("baton_tasks_dispatched_total", &[("task_type", "resize")]);
