@@ -8,9 +8,11 @@
 //! once; the request could not be transferred, decoded and written within 50 ms, so every attempt timed out, the
 //! follower never caught up and, hearing no leader, stood for election in ever higher terms whose refusals the
 //! leader never saw in time (seen with `baton bench failover`: a restarted node stuck as a candidate in term 47
-//! while the others stayed in term 8). Sending a prefix of at most [`MAX_APPEND_BYTES`] and answering openraft
-//! `PartialSuccess` up to it keeps every request small enough to be answered in time; openraft sends the rest
-//! next.
+//! while the others stayed in term 8). openraft takes a request's entries only from the log reader's
+//! `limited_get_log_entries`, which may answer a prefix: the log store's answers stop at [`MAX_APPEND_BYTES`]
+//! (`storage::log_store`), so every request is small enough to be answered in time and openraft sends the rest
+//! next. (This client used to cut each request to the same bound itself, encoding every entry once more per
+//! request to measure it; with the reader bounded, it never cut.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,10 +27,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
-use super::{wire, LogId, NodeId, NodeInfo, TypeConfig};
+use super::{wire, NodeId, NodeInfo, TypeConfig};
 use crate::pb::raft::raft_peer_client::RaftPeerClient;
 use crate::pb::raft::RaftMessage;
-use crate::storage::codec;
 
 /// Most bytes of log entries one AppendEntries request carries (a single larger entry still goes, alone).
 pub const MAX_APPEND_BYTES: usize = 256 << 10;
@@ -138,19 +139,12 @@ enum Method {
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
-    /// Sends at most [`MAX_APPEND_BYTES`] of the entries (see the module documentation); when some were left
-    /// for the next request, a success is reported to openraft as a partial one, up to the last entry sent.
     async fn append_entries(
         &mut self,
-        mut rpc: AppendEntriesRequest<TypeConfig>,
+        rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
-        let sent_up_to = keep_entries_within(&mut rpc.entries, MAX_APPEND_BYTES);
-        let response = self.call(rpc, &option, Method::AppendEntries).await?;
-        Ok(match (response, sent_up_to) {
-            (AppendEntriesResponse::Success, Some(last)) => AppendEntriesResponse::PartialSuccess(Some(last)),
-            (response, _) => response,
-        })
+        self.call(rpc, &option, Method::AppendEntries).await
     }
 
     async fn install_snapshot(
@@ -177,74 +171,5 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     fn backoff(&self) -> Backoff {
         let ms = [50, 100].into_iter().chain(std::iter::repeat(200));
         Backoff::new(ms.map(Duration::from_millis))
-    }
-}
-
-/// Keeps the longest prefix of `entries` that encodes within `max_bytes`, and at least the first entry. Answers the
-/// log id of the last entry kept when any were dropped.
-fn keep_entries_within(entries: &mut Vec<crate::raft::Entry>, max_bytes: usize) -> Option<LogId> {
-    if entries.len() < 2 {
-        return None;
-    }
-    let mut total = 0usize;
-    let mut keep = 0;
-    for entry in entries.iter() {
-        // An entry that does not encode fails the whole request when it is packed; count it as empty here.
-        total += codec::encoded_len(entry).unwrap_or(0);
-        if keep > 0 && total > max_bytes {
-            break;
-        }
-        keep += 1;
-    }
-    if keep == entries.len() {
-        return None;
-    }
-    entries.truncate(keep);
-    entries.last().map(|e| e.log_id)
-}
-
-#[cfg(test)]
-mod tests {
-    use openraft::{CommittedLeaderId, EntryPayload};
-
-    use super::*;
-    use crate::engine::{Command, Proposal};
-
-    fn entries(sizes: &[usize]) -> Vec<crate::raft::Entry> {
-        sizes
-            .iter()
-            .enumerate()
-            .map(|(i, size)| crate::raft::Entry {
-                log_id: LogId::new(CommittedLeaderId::new(1, 1), i as u64 + 1),
-                payload: EntryPayload::Normal(Proposal {
-                    at_ms: 0,
-                    command: Command::BenchWrite { key: format!("k{i}"), value: vec![7; *size] },
-                }),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_request_keeps_the_entries_that_fit_and_names_the_last_one_sent() {
-        let size = |e: &crate::raft::Entry| codec::encoded_len(e).expect("encodes");
-        let mut all = entries(&[1000, 1000, 1000, 1000]);
-        let one = size(&all[0]);
-
-        // Everything fits: nothing dropped, a success stays a success.
-        assert_eq!(keep_entries_within(&mut all.clone(), 4 * one), None);
-
-        // Room for two and a half: two go, and the second one's id is what the follower will have matched.
-        let budget = 2 * one + one / 2;
-        assert_eq!(keep_entries_within(&mut all, budget), Some(LogId::new(CommittedLeaderId::new(1, 1), 2)));
-        assert_eq!(all.len(), 2);
-
-        // A first entry larger than the whole budget still goes, alone.
-        let mut big_first = entries(&[10_000, 10]);
-        assert_eq!(keep_entries_within(&mut big_first, 100).map(|id| id.index), Some(1));
-        assert_eq!(big_first.len(), 1);
-
-        // A single entry or none is never cut.
-        assert_eq!(keep_entries_within(&mut entries(&[10_000]), 100), None);
-        assert_eq!(keep_entries_within(&mut Vec::new(), 100), None);
     }
 }
