@@ -85,9 +85,13 @@ impl SnapshotFile {
         // Synced a slice at a time: on ext4 (data=ordered) the WAL's next fsync waits for whatever file data is dirty
         // when it commits the journal, so tens of megabytes written at once and synced at the end could hold up the
         // log's syncs on the same disk for as long as they take to write.
-        for slice in data.chunks(SYNC_EVERY_BYTES) {
+        // The last slice is synced with the file's metadata below, not twice.
+        let mut slices = data.chunks(SYNC_EVERY_BYTES).peekable();
+        while let Some(slice) = slices.next() {
             file.write_all(slice).map_err(io_err(&tmp))?;
-            file.sync_data().map_err(io_err(&tmp))?;
+            if slices.peek().is_some() {
+                file.sync_data().map_err(io_err(&tmp))?;
+            }
         }
         file.sync_all().map_err(io_err(&tmp))?;
         drop(file);
