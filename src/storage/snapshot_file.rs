@@ -10,7 +10,7 @@
 //! the whole file: a short or long file is refused as corrupt rather than half-read.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::codec;
@@ -20,6 +20,8 @@ const MAGIC: &[u8; 8] = b"BATONSNP";
 const FORMAT: u8 = 1;
 /// The data is written and synced in slices of this many bytes.
 const SYNC_EVERY_BYTES: usize = 4 << 20;
+/// The producer's writes reach the file in pieces of this size.
+const WRITE_BUFFER_BYTES: usize = 256 << 10;
 
 /// Why the snapshot file could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +62,17 @@ impl SnapshotFile {
 
     /// Replaces the current snapshot with `meta` and `data`, durably and atomically.
     pub fn write(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), SnapshotFileError> {
+        self.write_with(meta, |out| out.write_all(data))
+    }
+
+    /// Replaces the current snapshot with `meta` and the data `produce` writes, durably and atomically. The data
+    /// goes to the file as it is produced, through a small buffer: a snapshot is never held whole in memory to be
+    /// written. If `produce` fails, the current snapshot stays as it was.
+    pub fn write_with(
+        &self,
+        meta: &SnapshotMeta,
+        produce: impl FnOnce(&mut SnapshotWriter) -> io::Result<()>,
+    ) -> Result<(), SnapshotFileError> {
         let io_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| SnapshotFileError::Io { path, source }
@@ -80,18 +93,24 @@ impl SnapshotFile {
         header.push(FORMAT);
         header.extend_from_slice(&meta_len.to_be_bytes());
         header.extend_from_slice(&meta_bytes);
-        header.extend_from_slice(&(data.len() as u64).to_be_bytes());
+        // The data's length, known once it is written.
+        let data_len_at = header.len() as u64;
+        header.extend_from_slice(&0u64.to_be_bytes());
         file.write_all(&header).map_err(io_err(&tmp))?;
-        // Synced a slice at a time: on ext4 (data=ordered) the WAL's next fsync waits for whatever file data is dirty
-        // when it commits the journal, so tens of megabytes written at once and synced at the end could hold up the
-        // log's syncs on the same disk for as long as they take to write.
-        // The last slice is synced with the file's metadata below, not twice.
-        let mut slices = data.chunks(SYNC_EVERY_BYTES).peekable();
-        while let Some(slice) = slices.next() {
-            file.write_all(slice).map_err(io_err(&tmp))?;
-            if slices.peek().is_some() {
-                file.sync_data().map_err(io_err(&tmp))?;
-            }
+        let data_at = header.len() as u64;
+        let mut writer = SnapshotWriter {
+            out: io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, file),
+            written: 0,
+            unsynced: 0,
+            patches: Vec::new(),
+        };
+        produce(&mut writer).map_err(io_err(&tmp))?;
+        let SnapshotWriter { out, written, patches, .. } = writer;
+        let mut file = out.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
+        let patches = std::iter::once((data_len_at, written.to_be_bytes().to_vec()))
+            .chain(patches.into_iter().map(|(at, bytes)| (data_at + at, bytes)));
+        for (at, bytes) in patches {
+            file.seek(SeekFrom::Start(at)).and_then(|_| file.write_all(&bytes)).map_err(io_err(&tmp))?;
         }
         file.sync_all().map_err(io_err(&tmp))?;
         drop(file);
@@ -128,6 +147,55 @@ impl SnapshotFile {
         let offset = bytes.len() - data_len;
         bytes.drain(..offset);
         Ok(Some((meta, bytes)))
+    }
+}
+
+/// Where [`SnapshotFile::write_with`]'s producer writes the data: buffered, synced a slice at a time, counted.
+///
+/// Synced a slice at a time because on ext4 (data=ordered) the WAL's next fsync waits for whatever file data is dirty
+/// when it commits the journal, so tens of megabytes written at once and synced at the end could hold up the log's
+/// syncs on the same disk for as long as they take to write. The last slice is synced with the file's metadata, not
+/// twice.
+pub struct SnapshotWriter {
+    out: io::BufWriter<File>,
+    /// Data bytes written so far.
+    written: u64,
+    /// Data bytes written since the last sync.
+    unsynced: usize,
+    /// Bytes to overwrite once all data is written: (data offset, bytes).
+    patches: Vec<(u64, Vec<u8>)>,
+}
+
+impl SnapshotWriter {
+    /// The data bytes written so far: the offset of the next one.
+    pub fn position(&self) -> u64 {
+        self.written
+    }
+
+    /// Overwrites the data at offset `at` with `bytes` once the producer is done (a count known only at the end).
+    pub fn patch_at_end(&mut self, at: u64, bytes: Vec<u8>) {
+        self.patches.push((at, bytes));
+    }
+}
+
+impl Write for SnapshotWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.unsynced >= SYNC_EVERY_BYTES {
+            // More data follows a whole slice: the slice goes to disk now.
+            self.out.flush()?;
+            self.out.get_ref().sync_data()?;
+            self.unsynced = 0;
+        }
+        // At most the rest of the slice, so that one large write is synced in slices too.
+        let room = SYNC_EVERY_BYTES - self.unsynced;
+        let n = self.out.write(&buf[..buf.len().min(room)])?;
+        self.written += n as u64;
+        self.unsynced += n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
     }
 }
 
@@ -177,6 +245,44 @@ mod tests {
         let (read_meta, read) = file.read().expect("reads").expect("exists");
         assert_eq!(read_meta, meta(30));
         assert!(read == data, "{} bytes read back, {} written, or different bytes", read.len(), data.len());
+    }
+
+    #[test]
+    fn streamed_data_is_synced_in_slices_patched_and_read_back_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = SnapshotFile::in_data_dir(dir.path());
+        // Two and a half slices in uneven writes, a placeholder at offset 3 filled in at the end.
+        let data: Vec<u8> = (0..5 * SYNC_EVERY_BYTES / 2).map(|i| (i % 251) as u8).collect();
+        file.write_with(&meta(40), |out| {
+            for piece in data.chunks(100_003) {
+                out.write_all(piece)?;
+            }
+            out.patch_at_end(3, b"XYZ".to_vec());
+            assert_eq!(out.position(), data.len() as u64);
+            Ok(())
+        })
+        .expect("writes");
+        let mut expected = data.clone();
+        expected[3..6].copy_from_slice(b"XYZ");
+        let (read_meta, read) = file.read().expect("reads").expect("exists");
+        assert_eq!(read_meta, meta(40));
+        assert!(read == expected, "{} bytes read back, {} written, or different bytes", read.len(), expected.len());
+    }
+
+    #[test]
+    fn a_failed_producer_leaves_the_current_snapshot_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = SnapshotFile::in_data_dir(dir.path());
+        file.write(&meta(10), b"the current one").expect("writes");
+        let err = file
+            .write_with(&meta(20), |out| {
+                out.write_all(b"half a snapshot")?;
+                Err(io::Error::other("disk on fire"))
+            })
+            .expect_err("fails");
+        assert!(err.to_string().contains("disk on fire"), "{err}");
+        let (read_meta, data) = file.read().expect("reads").expect("still there");
+        assert_eq!((read_meta, data.as_slice()), (meta(10), b"the current one".as_slice()));
     }
 
     #[test]
