@@ -97,6 +97,9 @@ pub enum OpenError {
     },
 }
 
+/// RocksDB's `bytes_per_sync`: how much of a table file is written before it is handed to the disk.
+const BYTES_PER_SYNC: u64 = 1 << 20;
+
 /// A node's RocksDB database, shared by the log store, the state machine and readers.
 pub struct Db {
     db: DB,
@@ -137,6 +140,11 @@ impl Db {
         opts.set_log_level(rocksdb::LogLevel::Info);
         // See the module's durability note: unsynced writes wait in RocksDB's buffer for the next sync.
         opts.set_manual_wal_flush(true);
+        // Table files (flushes, compactions) are handed to the disk a MiB at a time as they are written, not all at
+        // their final fsync: on ext4 (data=ordered) a WAL sync commits the journal, which first writes out whatever
+        // file data is dirty, so a flush's or compaction's megabytes held up every log sync on the node at once
+        // (docs/perf.md, change 17).
+        opts.set_bytes_per_sync(BYTES_PER_SYNC);
         let cfs = keys::ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| {
             if source.to_string().contains("lock") {

@@ -19,7 +19,7 @@ use crate::raft::SnapshotMeta;
 const MAGIC: &[u8; 8] = b"BATONSNP";
 const FORMAT: u8 = 1;
 /// The data is written and synced in slices of this many bytes.
-const SYNC_EVERY_BYTES: usize = 4 << 20;
+const SYNC_EVERY_BYTES: usize = 1 << 20;
 /// The producer's writes reach the file in pieces of this size.
 const WRITE_BUFFER_BYTES: usize = 256 << 10;
 
