@@ -23,7 +23,7 @@ use crate::engine::model::Workflow;
 
 /// Most workflows kept.
 pub const CAPACITY: usize = 4096;
-/// Most bytes of stored records kept (the decoded form takes a few times that).
+/// Most bytes of records kept, counted uncompressed (the decoded form takes a few times that).
 pub const CAPACITY_BYTES: usize = 32 << 20;
 
 /// A workflow as stored, decoded.
@@ -33,7 +33,7 @@ pub struct HotWorkflow {
     pub workflow: Arc<Workflow>,
     /// The digest term of its key and stored bytes.
     pub term: PairTerm,
-    /// The stored record's length.
+    /// The stored record's length uncompressed.
     pub bytes: usize,
 }
 
@@ -72,8 +72,8 @@ impl HotWorkflows {
         }
     }
 
-    /// Records what was just written for a workflow (`bytes` long, with that digest term): kept while it runs,
-    /// dropped once it has ended.
+    /// Records what was just written for a workflow (`bytes` long uncompressed, with that digest term): kept while
+    /// it runs, dropped once it has ended.
     pub fn written(&self, workflow: Arc<Workflow>, term: PairTerm, bytes: usize) {
         let mut kept = self.lock();
         kept.remove(&workflow.workflow_id);

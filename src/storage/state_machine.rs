@@ -409,7 +409,7 @@ impl StateMachineStore {
                     let term = PairTerm::of(&key, &value);
                     digest.add_term(term);
                     if let Some(id) = workflow_id {
-                        workflow_terms.insert(id.to_string(), (term, value.len()));
+                        workflow_terms.insert(id.to_string(), (term, codec::plain_len(&value)));
                     }
                     batch.put_cf(cf, key, value);
                 }
@@ -421,7 +421,7 @@ impl StateMachineStore {
     }
 }
 
-/// What was stored for a workflow: its digest term and its length.
+/// What was stored for a workflow: its digest term and its length uncompressed.
 type Stored = (PairTerm, usize);
 
 /// What an entry writes under one `state` key: the encoded value (`None`: delete the key) and, for a workflow
@@ -442,7 +442,7 @@ fn encode_mutation(mutation: &Mutation) -> Result<(Vec<u8>, Option<Vec<u8>>), co
             (keys::idempotency_key(keys::PARTITION_0, key), Some(codec::encode(workflow_id)?))
         }
         Mutation::PutWorkflow(wf) => {
-            (keys::workflow(keys::PARTITION_0, &wf.workflow_id), Some(codec::encode(wf.as_ref())?))
+            (keys::workflow(keys::PARTITION_0, &wf.workflow_id), Some(codec::encode_compressed(wf.as_ref())?))
         }
         Mutation::PutTaskIndex { task_id, workflow_id } => {
             (keys::task_index(keys::PARTITION_0, task_id), Some(codec::encode(workflow_id)?))
@@ -929,10 +929,9 @@ mod tests {
         read_record(&sm.db, &keys::workflow(keys::PARTITION_0, id)).expect("reads")
     }
 
-    #[tokio::test]
-    async fn hot_workflows_agree_with_rocksdb_through_batches_snapshots_and_reopening() {
-        let (dir_a, dir_b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
-        let setup = [
+    /// Entries 1-3: the definitions of the two-step workflow "two", and its start as "wf1".
+    fn two_step_setup() -> [Entry; 3] {
+        [
             workflow_entry(1, Command::RegisterTaskDefs { defs: vec![parse_json(r#"{"name":"t"}"#).expect("def")] }),
             workflow_entry(
                 2,
@@ -945,7 +944,46 @@ mod tests {
                 },
             ),
             workflow_entry(3, start("wf1")),
-        ];
+        ]
+    }
+
+    #[tokio::test]
+    async fn workflow_records_are_stored_compressed_and_records_in_the_earlier_format_still_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sm = StateMachineStore::new(open(dir.path())).expect("opens");
+        sm.apply(two_step_setup()).await.expect("applies");
+        let next = complete_next(&sm, "wf1");
+        sm.apply([workflow_entry(4, next)]).await.expect("applies");
+        let key = keys::workflow(keys::PARTITION_0, "wf1");
+        let bytes = sm.db.get(keys::CF_STATE, &key).expect("reads").expect("stored");
+        assert_eq!(bytes[0], codec::FORMAT_V1_LZ4);
+        let workflow = sm.reader().workflow("wf1").expect("reads").expect("exists");
+        assert_eq!(stored(&sm, "wf1").as_ref(), Some(&workflow), "the compressed record decodes to the workflow");
+        let plain = codec::encode(&workflow).expect("encodes");
+        assert!(bytes.len() * 10 < plain.len() * 7, "{} bytes stored against {} plain", bytes.len(), plain.len());
+
+        // A data dir written before compression holds the plain format: it still reads, and the next write of the
+        // workflow stores it compressed.
+        let mut batch = WriteBatch::default();
+        batch.put_cf(sm.db.cf(keys::CF_STATE), &key, &plain);
+        batch.delete_cf(sm.db.cf(keys::CF_SM_META), keys::STATE_DIGEST);
+        sm.db.write(batch, true).expect("writes");
+        let db = sm.db.clone();
+        drop(sm);
+        let mut sm = StateMachineStore::new(db).expect("reopens, computing the digest of the older records");
+        assert_eq!(sm.reader().workflow("wf1").expect("reads"), Some(workflow));
+        let last = complete_next(&sm, "wf1");
+        sm.apply([workflow_entry(5, last)]).await.expect("applies");
+        assert_eq!(sm.db.get(keys::CF_STATE, &key).expect("reads").expect("stored")[0], codec::FORMAT_V1_LZ4);
+        let done = sm.reader().workflow("wf1").expect("reads").expect("exists");
+        assert_eq!(done.status, crate::engine::model::WorkflowStatus::Completed);
+        sm.reader().verified_state_hash().expect("the running digest equals a full scan");
+    }
+
+    #[tokio::test]
+    async fn hot_workflows_agree_with_rocksdb_through_batches_snapshots_and_reopening() {
+        let (dir_a, dir_b) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+        let setup = two_step_setup();
         let mut a = StateMachineStore::new(open(dir_a.path())).expect("opens");
         a.apply(setup.clone()).await.expect("applies");
         let mut b = StateMachineStore::new(open(dir_b.path())).expect("opens");
