@@ -33,6 +33,9 @@ pub enum CodecError {
     /// The record was written by a format this version does not know.
     #[error("unknown format version {0} (this build reads versions {FORMAT_V1} and {FORMAT_V1_LZ4})")]
     UnknownVersion(u8),
+    /// A record too large to be stored compressed (its length must fit in 32 bits).
+    #[error("a record of {0} bytes is too large to store")]
+    TooLarge(usize),
     /// A compressed record does not decompress.
     #[error("decompress: {0}")]
     Decompress(String),
@@ -53,9 +56,14 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
 pub fn encode_compressed<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     let mut plain = Vec::with_capacity(1024);
     rmp_serde::encode::write_named(&mut plain, value)?;
-    let mut out = Vec::with_capacity(1 + 4 + lz4_flex::block::get_maximum_output_size(plain.len()));
-    out.push(FORMAT_V1_LZ4);
-    out.extend_from_slice(&lz4_flex::compress_prepend_size(&plain));
+    let length = u32::try_from(plain.len()).map_err(|_| CodecError::TooLarge(plain.len()))?;
+    // Compressed straight into the record, after the version byte and the length.
+    let mut out = vec![0; 1 + 4 + lz4_flex::block::get_maximum_output_size(plain.len())];
+    out[0] = FORMAT_V1_LZ4;
+    out[1..5].copy_from_slice(&length.to_le_bytes());
+    let written = lz4_flex::block::compress_into(&plain, &mut out[5..])
+        .expect("the output has room for LZ4's largest output for this input");
+    out.truncate(5 + written);
     Ok(out)
 }
 
@@ -135,6 +143,7 @@ mod tests {
         let plain = encode(&value).expect("encodes");
         let compressed = encode_compressed(&value).expect("encodes");
         assert_eq!(compressed[0], FORMAT_V1_LZ4);
+        assert_eq!(compressed[1..], lz4_flex::compress_prepend_size(&plain[1..]), "LZ4's size-prepended block format");
         assert!(compressed.len() * 3 < plain.len(), "{} bytes compressed, {} plain", compressed.len(), plain.len());
         assert_eq!(decode::<serde_json::Value>(&compressed).expect("decodes"), value);
         assert_eq!(encode_compressed(&value).expect("encodes"), compressed, "the same value, the same bytes");
