@@ -4,8 +4,8 @@
 //! One entry is in flight at a time; while it is, new commands wait in the queue, and the next entry takes all of
 //! them (up to [`MAX_BATCH_COMMANDS`] or [`MAX_BATCH_BYTES`]) as one `Command::Batch`. Under light load a command
 //! is proposed alone, at once: batching adds no latency; under load the entries grow instead of their number, so
-//! the fsyncs, the replication round trips and the apply WriteBatches are shared, and the next entry waits briefly
-//! for the callers of the last one (see `run`). The engine applies a batch's commands in order and answers each
+//! the fsyncs, the replication round trips and the apply WriteBatches are shared, and the next entry waits a little
+//! for more commands (see `run` and [`Pacer`]). The engine applies a batch's commands in order and answers each
 //! alone. One entry in flight measured best (docs/perf.md): with the CPU the limit, two overlapping entries halve
 //! the batches and double the per-entry costs.
 
@@ -68,21 +68,26 @@ impl GroupCommit {
 
 /// A batch at least this large means the callers keep the leader busy: the next batch may wait for them.
 const LINGER_FROM_BATCH: usize = 8;
-/// Longest wait for the callers of the last batch to come back.
-const MAX_LINGER: Duration = Duration::from_millis(1);
+/// Under load, an entry leaves no sooner than this share of the recent proposal-to-answer time (percent) after the
+/// last one left.
+const PACE_PERCENT: u32 = 250;
+/// Longest wait for more commands, from the moment a batch could leave.
+const MAX_LINGER: Duration = Duration::from_millis(5);
 
 async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Queued>, clock: fn() -> u64) {
-    // The last entry's size and how long it took from proposal to answer.
-    let (mut last_len, mut last_took) = (0usize, Duration::ZERO);
+    let mut pacer = Pacer::default();
+    // The last entry's size.
+    let mut last_len = 0usize;
     while let Some(first) = rx.recv().await {
         let mut batch = Batch { items: vec![first], bytes: None };
         batch.take_queued(&mut rx);
         if last_len >= LINGER_FROM_BATCH && !batch.full() {
-            // Under load the callers answered by the last entry send their next command within moments: wait
-            // for them (briefly), so one entry carries them all instead of the load splitting into two half-size
-            // entries that alternate, each paying the whole per-entry cost (docs/perf.md).
+            // Under load, wait for more commands, so that one entry carries them all instead of the load splitting
+            // into more, smaller entries, each paying the whole per-entry cost (docs/perf.md). Callers that all
+            // came back (a closed loop: the last entry's callers sending their next command) end the wait early;
+            // commands that keep arriving on their own (an open loop) wait until the pace allows the entry out.
             let expected = (last_len + batch.items.len()).min(MAX_BATCH_COMMANDS) * 9 / 10;
-            let deadline = tokio::time::Instant::now() + MAX_LINGER.min(last_took / 2);
+            let deadline = tokio::time::Instant::from_std(pacer.deadline(std::time::Instant::now()));
             while batch.items.len() < expected && !batch.full() {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(next)) => {
@@ -94,9 +99,43 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Queued>, clock: fn() ->
             }
         }
         // One entry in flight: proposed and awaited here, in this task (no hand-off to another).
-        let (len, started) = (batch.items.len(), std::time::Instant::now());
+        let (len, departed) = (batch.items.len(), std::time::Instant::now());
+        pacer.departed(departed);
         commit(&raft, batch.items, clock()).await;
-        (last_len, last_took) = (len, started.elapsed());
+        pacer.answered(departed.elapsed());
+        last_len = len;
+    }
+}
+
+/// When the next entry may leave while the load keeps the leader busy.
+///
+/// Entries leave at a steady pace: [`PACE_PERCENT`] of the average proposal-to-answer time after the last one
+/// left. Under open-loop load every command an entry waits for costs it no extra CPU, while every extra entry costs
+/// the fixed per-entry work on three nodes (an fsync on two, two AppendEntries per follower, ~14 thread wake-ups per
+/// node); with the CPU the limit, fewer, larger entries shorten the queue for the cores and so the tail (docs/perf.md,
+/// change 19). The pace follows the average, not the last entry, so that a slow entry is followed by an early one
+/// rather than by a longer wait.
+#[derive(Debug, Default)]
+struct Pacer {
+    /// Moving average of the proposal-to-answer time (the newest entry weighs 1/8).
+    took: Option<Duration>,
+    last_departure: Option<std::time::Instant>,
+}
+
+impl Pacer {
+    fn departed(&mut self, at: std::time::Instant) {
+        self.last_departure = Some(at);
+    }
+
+    fn answered(&mut self, took: Duration) {
+        self.took = Some(self.took.map_or(took, |average| (average * 7 + took) / 8));
+    }
+
+    /// How long a growing batch may wait, given that it could leave `now`: until the pace allows the next entry
+    /// out, and at most [`MAX_LINGER`]. Before any entry, at once.
+    fn deadline(&self, now: std::time::Instant) -> std::time::Instant {
+        let (Some(took), Some(last)) = (self.took, self.last_departure) else { return now };
+        (last + took * PACE_PERCENT / 100).clamp(now, now + MAX_LINGER)
     }
 }
 
@@ -165,5 +204,58 @@ fn failure(e: &RaftError<NodeId, ClientWriteError<NodeId, super::NodeInfo>>) -> 
         RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => WriteOutcome::NotLeader,
         RaftError::APIError(e) => WriteOutcome::Unknown(e.to_string()),
         RaftError::Fatal(_) => WriteOutcome::Fatal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn pacer(took: Duration, departed: Instant) -> Pacer {
+        let mut pacer = Pacer::default();
+        pacer.departed(departed);
+        pacer.answered(took);
+        pacer
+    }
+
+    #[test]
+    fn before_any_entry_a_batch_leaves_at_once() {
+        let now = Instant::now();
+        assert_eq!(Pacer::default().deadline(now), now);
+    }
+
+    #[test]
+    fn under_steady_load_an_entry_leaves_two_and_a_half_cycles_after_the_last() {
+        let t0 = Instant::now();
+        let pacer = pacer(2 * MS, t0);
+        assert_eq!(pacer.deadline(t0 + 2 * MS), t0 + 5 * MS);
+    }
+
+    #[test]
+    fn after_a_slow_entry_the_next_leaves_at_once() {
+        let t0 = Instant::now();
+        let pacer = pacer(2 * MS, t0);
+        let now = t0 + 6 * MS;
+        assert_eq!(pacer.deadline(now), now);
+    }
+
+    #[test]
+    fn the_wait_is_bounded_whatever_the_average() {
+        let t0 = Instant::now();
+        let pacer = pacer(40 * MS, t0);
+        let now = t0 + 5 * MS;
+        assert_eq!(pacer.deadline(now), now + MAX_LINGER);
+    }
+
+    #[test]
+    fn the_average_moves_an_eighth_of_the_way_to_each_new_entry() {
+        let mut pacer = pacer(8 * MS, Instant::now());
+        pacer.answered(16 * MS);
+        assert_eq!(pacer.took, Some(9 * MS));
+        pacer.answered(Duration::ZERO);
+        assert_eq!(pacer.took, Some(9 * MS * 7 / 8));
     }
 }
