@@ -110,11 +110,11 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Queued>, clock: fn() ->
 /// When the next entry may leave while the load keeps the leader busy.
 ///
 /// Entries leave at a steady pace: [`PACE_PERCENT`] of the average proposal-to-answer time after the last one
-/// left. Under open-loop load every command an entry waits for costs it no extra CPU, while every extra entry costs
-/// the fixed per-entry work on three nodes (an fsync on two, two AppendEntries per follower, ~14 thread wake-ups per
-/// node); with the CPU the limit, fewer, larger entries shorten the queue for the cores and so the tail (docs/perf.md,
-/// change 19). The pace follows the average, not the last entry, so that a slow entry is followed by an early one
-/// rather than by a longer wait.
+/// left. Without it, CPU left idle turns into more, smaller entries, each paying the fixed per-entry work on three
+/// nodes (an fsync on two, two AppendEntries per follower, ~14 thread wake-ups per node), until the cores are busy
+/// again: at half of the max workflow rate the pace frees 12% of the nodes' CPU at the same start latency, and lets
+/// 64 closed-loop writers' entries wait for all of them (docs/perf.md, change 19). The pace follows the average, not
+/// the last entry, so that a slow entry is followed by an early one rather than by a longer wait.
 #[derive(Debug, Default)]
 struct Pacer {
     /// Moving average of the proposal-to-answer time (the newest entry weighs 1/8).
