@@ -112,12 +112,29 @@ impl std::fmt::Debug for Db {
     }
 }
 
+/// The `state` family's memtable, MiB, by node: RocksDB's default (64) for one node in three, 80 and 48 for the
+/// others.
+///
+/// Replicas apply the same writes, so with equal memtables they flush at the same moment, and then compact at the
+/// same moment. On one machine that is three flushes' CPU at once: for 100-300 ms the commits wait for a core, and
+/// at half of the max workflow rate most of the slow starts fell in those windows (docs/perf.md, change 20). With
+/// different sizes the replicas flush at different moments, and a flush on one follower delays no commit (the
+/// leader and the other follower are a majority). On separate machines it costs nothing.
+const STATE_MEMTABLE_MIB: [usize; 3] = [48, 64, 80];
+
+/// The `state` family's memtable size for node `node_id`, bytes.
+fn state_memtable_bytes(node_id: u64) -> usize {
+    STATE_MEMTABLE_MIB[(node_id % 3) as usize] << 20
+}
+
 /// A column family's options. The `state` family is read by key on every apply (the records a command changes, and
 /// each written key's previous value for the running digest), and many of those keys are new (a task's index entry,
 /// a fresh bench key): bloom filters, in the memtable and in the table files, answer "not there" without a search.
-fn cf_options(name: &str) -> Options {
+/// Its memtable's size depends on the node ([`state_memtable_bytes`]).
+fn cf_options(name: &str, node_id: u64) -> Options {
     let mut opts = Options::default();
     if name == keys::CF_STATE {
+        opts.set_write_buffer_size(state_memtable_bytes(node_id));
         let mut table = rocksdb::BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
         table.set_whole_key_filtering(true);
@@ -145,7 +162,8 @@ impl Db {
         // file data is dirty, so a flush's or compaction's megabytes held up every log sync on the node at once
         // (docs/perf.md, change 17).
         opts.set_bytes_per_sync(BYTES_PER_SYNC);
-        let cfs = keys::ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name)));
+        let cfs =
+            keys::ALL_CFS.iter().map(|name| ColumnFamilyDescriptor::new(*name, cf_options(name, identity.node_id)));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| {
             if source.to_string().contains("lock") {
                 OpenError::Locked { path: path.to_owned(), source }
@@ -219,5 +237,34 @@ impl Db {
             self.db.flush_cf(self.cf(cf))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{state_memtable_bytes, Db, Identity};
+
+    #[test]
+    fn three_consecutive_nodes_have_three_memtable_sizes_one_of_them_rocksdbs_default() {
+        let mib: Vec<usize> = (1..=3).map(|id| state_memtable_bytes(id) >> 20).collect();
+        assert_eq!(mib, [64, 80, 48]);
+    }
+
+    #[test]
+    fn the_state_family_is_opened_with_the_nodes_memtable_size() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let identity = Identity { cluster_id: "c".into(), node_id: 2 };
+        let db = Db::open(dir.path(), &identity).expect("opens");
+        drop(db);
+        let options = std::fs::read_dir(dir.path())
+            .expect("lists")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("OPTIONS-"))
+            .map(|e| std::fs::read_to_string(e.path()).expect("reads"))
+            .last()
+            .expect("RocksDB writes its options file");
+        let after = options.split("[CFOptions \"state\"]").nth(1).expect("the state family's section");
+        let state = after.split("\n[").next().unwrap_or(after);
+        assert!(state.contains(&format!("write_buffer_size={}", 80 << 20)), "{state}");
     }
 }
