@@ -75,7 +75,7 @@ pub enum NodeError {
 /// snapshots (a scan of the whole state each) at the same log index, and on one machine at the same moment; with
 /// three intervals they build at different moments (docs/perf.md, change 20).
 fn snapshot_interval(logs_since_last: u64, node_id: u64) -> u64 {
-    (logs_since_last * (4 + node_id % 3) / 5).max(1)
+    (logs_since_last.saturating_mul(4 + node_id % 3) / 5).max(1)
 }
 
 /// openraft's configuration from Baton's.
@@ -277,5 +277,6 @@ mod tests {
         let intervals: Vec<u64> = (1..=3).map(|id| snapshot_interval(5000, id)).collect();
         assert_eq!(intervals, [5000, 6000, 4000]);
         assert_eq!(snapshot_interval(1, 3), 1, "never zero");
+        assert!(snapshot_interval(u64::MAX, 2) >= u64::MAX / 5, "a huge interval stays huge (no wrap-around)");
     }
 }
