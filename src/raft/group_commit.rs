@@ -68,18 +68,62 @@ impl GroupCommit {
 
 /// A batch at least this large means the callers keep the leader busy: the next batch may wait for them.
 const LINGER_FROM_BATCH: usize = 8;
-/// Under load, an entry leaves no sooner than this share of the recent proposal-to-answer time (percent) after the
-/// last one left.
-const PACE_PERCENT: u32 = 150;
-/// Longest wait for more commands, from the moment a batch could leave.
-const MAX_LINGER: Duration = Duration::from_millis(3);
+/// How the load arrives, as the committer sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// Commands keep arriving on their own, spread over the cycle (workflow starts at a rate, mixed with workers).
+    Open,
+    /// The callers wait for their answers and send again right after (a fixed number of clients, `bench raft`).
+    Closed,
+}
+
+impl Load {
+    /// Under load, an entry leaves no sooner than this share (percent) of the recent proposal-to-answer time after
+    /// the last one left.
+    fn pace_percent(self) -> u32 {
+        match self {
+            Load::Open => 150,
+            Load::Closed => 250,
+        }
+    }
+
+    /// Longest wait for more commands, from the moment a batch could leave.
+    fn max_linger(self) -> Duration {
+        match self {
+            Load::Open => Duration::from_millis(3),
+            Load::Closed => Duration::from_millis(5),
+        }
+    }
+
+    /// Reads the load from the last entry: how many commands it carried, and how many arrived while it was in
+    /// flight (counted before its callers were answered). When fewer than an eighth of its count arrived in the
+    /// meantime, nearly all the callers were waiting in that entry, and they come back in a burst right after the
+    /// answer: a closed loop, whose next entry is worth a longer wait. An open loop's commands arrive during the
+    /// flight at the rate they arrive at all: at the open pace (150%), about two thirds of an entry's count. The
+    /// workflow engine's own callers (workers polling and completing) are closed loops too, but mixed with starts
+    /// they read as open (docs/perf.md, change 21).
+    fn read(arrived_in_flight: usize, last_len: usize) -> Load {
+        if arrived_in_flight * 8 < last_len {
+            Load::Closed
+        } else {
+            Load::Open
+        }
+    }
+}
 
 async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Queued>, clock: fn() -> u64) {
     let mut pacer = Pacer::default();
     // The last entry's size.
     let mut last_len = 0usize;
-    while let Some(first) = rx.recv().await {
-        let mut batch = Batch { items: vec![first], bytes: None };
+    // Commands that arrived while the last entry was in flight.
+    let mut next = Batch::default();
+    loop {
+        let mut batch = std::mem::take(&mut next);
+        let arrived_in_flight = batch.items.len();
+        if batch.items.is_empty() {
+            let Some(first) = rx.recv().await else { break };
+            batch.push(first);
+        }
         batch.take_queued(&mut rx);
         if last_len >= LINGER_FROM_BATCH && !batch.full() {
             // Under load, wait for more commands, so that one entry carries them all instead of the load splitting
@@ -87,7 +131,8 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Queued>, clock: fn() ->
             // came back (a closed loop: the last entry's callers sending their next command) end the wait early;
             // commands that keep arriving on their own (an open loop) wait until the pace allows the entry out.
             let expected = (last_len + batch.items.len()).min(MAX_BATCH_COMMANDS) * 9 / 10;
-            let deadline = tokio::time::Instant::from_std(pacer.deadline(std::time::Instant::now()));
+            let load = Load::read(arrived_in_flight, last_len);
+            let deadline = tokio::time::Instant::from_std(pacer.deadline(std::time::Instant::now(), load));
             while batch.items.len() < expected && !batch.full() {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some(next)) => {
@@ -101,23 +146,30 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Queued>, clock: fn() ->
         // One entry in flight: proposed and awaited here, in this task (no hand-off to another).
         let (len, departed) = (batch.items.len(), std::time::Instant::now());
         pacer.departed(departed);
-        commit(&raft, batch.items, clock()).await;
+        let (replies, outcomes) = commit(&raft, batch.items, clock()).await;
         pacer.answered(departed.elapsed());
         last_len = len;
+        // What arrived during the flight is counted before the answers let this entry's callers send again.
+        next.take_queued(&mut rx);
+        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            // The caller may have given up (its deadline passed); the outcome is then only in the log.
+            let _ = reply.send(outcome);
+        }
     }
 }
 
 /// When the next entry may leave while the load keeps the leader busy.
 ///
-/// Entries leave at a steady pace: [`PACE_PERCENT`] of the average proposal-to-answer time after the last one
-/// left. Without it, CPU left idle turns into more, smaller entries, each paying the fixed per-entry work on three
-/// nodes (an fsync on two, two AppendEntries per follower, ~14 thread wake-ups per node), until the cores are busy
-/// again (docs/perf.md, change 19). The pace is a trade: a longer one frees more CPU and fills closed-loop entries
-/// better, and costs an open loop's starts up to the pace in latency. 250% and at most 5 ms freed 12% of the nodes'
-/// CPU on a slow machine, but on a fast one (a ~2.5 ms cycle) it added 1-3 ms to the start p50 at half load;
-/// 150% and at most 3 ms keeps the start p50 of no pacing there, and still lets closed-loop entries grow
-/// (change 20). The pace follows the average, not the last entry, so that a slow entry is followed by an early one
-/// rather than by a longer wait.
+/// Entries leave at a steady pace: a share of the average proposal-to-answer time after the last one left
+/// ([`Load::pace_percent`]). Without it, CPU left idle turns into more, smaller entries, each paying the fixed
+/// per-entry work on three nodes (an fsync on two, two AppendEntries per follower, ~14 thread wake-ups per node),
+/// until the cores are busy again (docs/perf.md, change 19). The pace is a trade: a longer one frees more CPU and
+/// fills closed-loop entries better, and costs an open loop's starts up to the pace in latency. 250% and at most
+/// 5 ms freed 12% of the nodes' CPU on a slow machine, but on a fast one (a ~2.5 ms cycle) it added 1-3 ms to the
+/// start p50 at half load; 150% and at most 3 ms keeps the start p50 of no pacing there (change 20). A closed loop
+/// keeps the longer pace: its callers' next commands wait for the entry anyway, and fuller entries gave `bench
+/// raft` 13-19% more writes per second (change 21). The pace follows the average, not the last entry, so that a
+/// slow entry is followed by an early one rather than by a longer wait.
 #[derive(Debug, Default)]
 struct Pacer {
     /// Moving average of the proposal-to-answer time (the newest entry weighs 1/8).
@@ -134,15 +186,16 @@ impl Pacer {
         self.took = Some(self.took.map_or(took, |average| (average * 7 + took) / 8));
     }
 
-    /// How long a growing batch may wait, given that it could leave `now`: until the pace allows the next entry
-    /// out, and at most [`MAX_LINGER`]. Before any entry, at once.
-    fn deadline(&self, now: std::time::Instant) -> std::time::Instant {
+    /// How long a growing batch may wait, given that it could leave `now`: until `load`'s pace allows the next
+    /// entry out, and at most its longest linger. Before any entry, at once.
+    fn deadline(&self, now: std::time::Instant, load: Load) -> std::time::Instant {
         let (Some(took), Some(last)) = (self.took, self.last_departure) else { return now };
-        (last + took * PACE_PERCENT / 100).clamp(now, now + MAX_LINGER)
+        (last + took * load.pace_percent() / 100).clamp(now, now + load.max_linger())
     }
 }
 
 /// The commands of the next entry.
+#[derive(Default)]
 struct Batch {
     items: Vec<Queued>,
     /// Their encoded size, measured from the second command on (a lone command is never bounded).
@@ -155,6 +208,10 @@ impl Batch {
     }
 
     fn push(&mut self, next: Queued) {
+        if self.items.is_empty() {
+            self.items.push(next);
+            return;
+        }
         let items = &self.items;
         let total = self.bytes.get_or_insert_with(|| items.iter().map(|q| encoded_len(&q.command)).sum());
         *total += encoded_len(&next.command);
@@ -175,7 +232,11 @@ fn encoded_len(command: &Command) -> usize {
     codec::encoded_len(command).unwrap_or(0)
 }
 
-async fn commit(raft: &Raft, batch: Vec<Queued>, at_ms: u64) {
+async fn commit(
+    raft: &Raft,
+    batch: Vec<Queued>,
+    at_ms: u64,
+) -> (Vec<oneshot::Sender<WriteOutcome>>, Vec<WriteOutcome>) {
     let (mut commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().map(|q| (q.command, q.reply)).unzip();
     let n = commands.len();
     let command = if n == 1 { commands.pop().expect("one command") } else { Command::Batch(commands) };
@@ -196,10 +257,7 @@ async fn commit(raft: &Raft, batch: Vec<Queued>, at_ms: u64) {
         }
         Err(e) => (0..n).map(|_| failure(&e)).collect(),
     };
-    for (reply, outcome) in replies.into_iter().zip(outcomes) {
-        // The caller may have given up (its deadline passed); the outcome is then only in the log.
-        let _ = reply.send(outcome);
-    }
+    (replies, outcomes)
 }
 
 fn failure(e: &RaftError<NodeId, ClientWriteError<NodeId, super::NodeInfo>>) -> WriteOutcome {
@@ -227,14 +285,14 @@ mod tests {
     #[test]
     fn before_any_entry_a_batch_leaves_at_once() {
         let now = Instant::now();
-        assert_eq!(Pacer::default().deadline(now), now);
+        assert_eq!(Pacer::default().deadline(now, Load::Open), now);
     }
 
     #[test]
     fn under_steady_load_an_entry_leaves_one_and_a_half_cycles_after_the_last() {
         let t0 = Instant::now();
         let pacer = pacer(2 * MS, t0);
-        assert_eq!(pacer.deadline(t0 + 2 * MS), t0 + 3 * MS);
+        assert_eq!(pacer.deadline(t0 + 2 * MS, Load::Open), t0 + 3 * MS);
     }
 
     #[test]
@@ -242,7 +300,7 @@ mod tests {
         let t0 = Instant::now();
         let pacer = pacer(2 * MS, t0);
         let now = t0 + 4 * MS;
-        assert_eq!(pacer.deadline(now), now);
+        assert_eq!(pacer.deadline(now, Load::Open), now);
     }
 
     #[test]
@@ -250,7 +308,51 @@ mod tests {
         let t0 = Instant::now();
         let pacer = pacer(40 * MS, t0);
         let now = t0 + 5 * MS;
-        assert_eq!(pacer.deadline(now), now + MAX_LINGER);
+        assert_eq!(pacer.deadline(now, Load::Open), now + Load::Open.max_linger());
+    }
+
+    #[test]
+    fn a_closed_loop_waits_two_and_a_half_cycles_after_the_last_entry_left() {
+        let t0 = Instant::now();
+        let pacer = pacer(2 * MS, t0);
+        assert_eq!(pacer.deadline(t0 + 2 * MS, Load::Closed), t0 + 5 * MS);
+    }
+
+    #[test]
+    fn a_closed_loop_waits_at_most_five_milliseconds() {
+        let t0 = Instant::now();
+        let pacer = pacer(40 * MS, t0);
+        let now = t0 + 5 * MS;
+        assert_eq!(pacer.deadline(now, Load::Closed), now + 5 * MS);
+    }
+
+    #[test]
+    fn callers_that_all_waited_in_the_last_entry_read_as_a_closed_loop() {
+        assert_eq!(Load::read(0, 64), Load::Closed);
+        assert_eq!(Load::read(7, 64), Load::Closed);
+        assert_eq!(Load::read(8, 64), Load::Open);
+        // An open loop at the open pace: about two thirds of an entry's count arrive while it is in flight.
+        assert_eq!(Load::read(20, 30), Load::Open);
+        assert_eq!(Load::read(0, 0), Load::Open);
+    }
+
+    fn queued(value_bytes: usize) -> (Queued, oneshot::Receiver<WriteOutcome>) {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::BenchWrite { key: "k".into(), value: vec![7; value_bytes] };
+        (Queued { command, reply }, answer)
+    }
+
+    #[test]
+    fn a_lone_command_is_not_measured_and_a_large_one_still_goes() {
+        let mut batch = Batch::default();
+        let (big, _answer) = queued(MAX_BATCH_BYTES + 1);
+        batch.push(big);
+        assert_eq!(batch.bytes, None);
+        assert!(!batch.full());
+        let (small, _answer) = queued(16);
+        batch.push(small);
+        assert!(batch.bytes.is_some_and(|b| b > MAX_BATCH_BYTES));
+        assert!(batch.full());
     }
 
     #[test]
