@@ -5,7 +5,7 @@
 //! sees a frozen clock, and maps are ordered. Owns the rules of "what runs next"; must not touch storage (it reads
 //! through [`StateView`] and hands back changed workflows as mutations).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -29,23 +29,23 @@ pub fn derive_id(seed: &str) -> String {
 }
 
 /// Where a step sits in its definition: the list that holds it and what owns that list.
-#[derive(Debug, Clone)]
-struct Slot {
-    container: Container,
-    /// The reference names of the list, in order.
-    siblings: Vec<String>,
+#[derive(Debug, Clone, Copy)]
+struct Slot<'d> {
+    container: Container<'d>,
+    /// The list, in order.
+    siblings: &'d [WorkflowTask],
     index: usize,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-enum Container {
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Container<'d> {
     Top,
     /// A SWITCH/DECISION branch; the owner is the switch's reference.
-    Case(String),
+    Case(&'d str),
     /// A FORK_JOIN lane.
     Fork,
     /// A DO_WHILE body; the owner is the loop's reference.
-    Loop(String),
+    Loop(&'d str),
 }
 
 /// What follows a finished step.
@@ -59,50 +59,51 @@ enum Next {
     Nothing,
 }
 
-/// Every step of a definition by reference name, with its place.
+/// Every step of a definition by reference name, with its place. It borrows the definition: every command that
+/// decides a workflow builds one, so it copies nothing.
 #[derive(Debug, Clone, Default)]
-pub struct DefIndex {
-    steps: BTreeMap<String, (WorkflowTask, Slot)>,
+pub struct DefIndex<'d> {
+    steps: HashMap<&'d str, (&'d WorkflowTask, Slot<'d>)>,
 }
 
-impl DefIndex {
+impl<'d> DefIndex<'d> {
     /// Indexes a definition.
-    pub fn new(def: &WorkflowDef) -> Self {
+    pub fn new(def: &'d WorkflowDef) -> Self {
         let mut index = DefIndex::default();
         index.add_list(&def.tasks, Container::Top);
         index
     }
 
-    fn add_list(&mut self, list: &[WorkflowTask], container: Container) {
-        let siblings: Vec<String> = list.iter().map(|t| t.task_reference_name.clone()).collect();
+    fn add_list(&mut self, list: &'d [WorkflowTask], container: Container<'d>) {
         for (i, task) in list.iter().enumerate() {
-            let slot = Slot { container: container.clone(), siblings: siblings.clone(), index: i };
-            self.steps.insert(task.task_reference_name.clone(), (task.clone(), slot));
+            let slot = Slot { container, siblings: list, index: i };
+            let reference = task.task_reference_name.as_str();
+            self.steps.insert(reference, (task, slot));
             for tasks in task.decision_cases.values() {
-                self.add_list(tasks, Container::Case(task.task_reference_name.clone()));
+                self.add_list(tasks, Container::Case(reference));
             }
-            self.add_list(&task.default_case, Container::Case(task.task_reference_name.clone()));
+            self.add_list(&task.default_case, Container::Case(reference));
             for lane in &task.fork_tasks {
                 self.add_list(lane, Container::Fork);
             }
-            self.add_list(&task.loop_over, Container::Loop(task.task_reference_name.clone()));
+            self.add_list(&task.loop_over, Container::Loop(reference));
         }
     }
 
     /// The step with this reference name.
-    pub fn step(&self, reference: &str) -> Option<&WorkflowTask> {
-        self.steps.get(reference).map(|(t, _)| t)
+    pub fn step(&self, reference: &str) -> Option<&'d WorkflowTask> {
+        self.steps.get(reference).map(|(t, _)| *t)
     }
 
     fn next_after(&self, reference: &str) -> Next {
         let Some((_, slot)) = self.steps.get(reference) else { return Next::Nothing };
         if let Some(sibling) = slot.siblings.get(slot.index + 1) {
-            return Next::Step(sibling.clone());
+            return Next::Step(sibling.task_reference_name.clone());
         }
-        match &slot.container {
+        match slot.container {
             Container::Top | Container::Fork => Next::Nothing,
             Container::Case(owner) => self.next_after(owner),
-            Container::Loop(owner) => Next::LoopEnd(owner.clone()),
+            Container::Loop(owner) => Next::LoopEnd(owner.to_string()),
         }
     }
 }
@@ -382,7 +383,8 @@ impl<'s, S: StateView> Exec<'s, S> {
         if wf.status != WorkflowStatus::Running {
             return Ok(());
         }
-        let index = DefIndex::new(&wf.workflow_definition);
+        let def = std::sync::Arc::clone(&wf.workflow_definition);
+        let index = DefIndex::new(&def);
         let mut steps = 0;
         loop {
             steps += 1;
@@ -427,7 +429,7 @@ impl<'s, S: StateView> Exec<'s, S> {
         }
     }
 
-    fn act_on_finished(&mut self, id: &str, i: usize, index: &DefIndex) -> Result<(), StateError> {
+    fn act_on_finished(&mut self, id: &str, i: usize, index: &DefIndex<'_>) -> Result<(), StateError> {
         let wf = self.workflow(id)?.expect("caller loaded it");
         wf.tasks[i].executed = true;
         let task = wf.tasks[i].clone();
@@ -439,7 +441,7 @@ impl<'s, S: StateView> Exec<'s, S> {
     }
 
     /// Schedules what follows a successful task.
-    fn after_success(&mut self, id: &str, task: &Task, index: &DefIndex) -> Result<(), StateError> {
+    fn after_success(&mut self, id: &str, task: &Task, index: &DefIndex<'_>) -> Result<(), StateError> {
         let def_ref = task.workflow_task.task_reference_name.clone();
         // A SWITCH continues into its chosen branch.
         if matches!(task.workflow_task.task_type.as_str(), "SWITCH" | "DECISION") && task.status != TaskStatus::Skipped
@@ -477,7 +479,7 @@ impl<'s, S: StateView> Exec<'s, S> {
     }
 
     /// Retries a failed task, passes an optional one, or fails the workflow.
-    fn after_failure(&mut self, id: &str, i: usize, index: &DefIndex) -> Result<(), StateError> {
+    fn after_failure(&mut self, id: &str, i: usize, index: &DefIndex<'_>) -> Result<(), StateError> {
         let task = self.workflow(id)?.expect("caller loaded it").tasks[i].clone();
         let def = self.effective_task_def(&task)?;
         let retries = def.as_ref().map_or(0, |d| u32::try_from(d.retry_count.max(0)).unwrap_or(u32::MAX));
@@ -591,7 +593,7 @@ impl<'s, S: StateView> Exec<'s, S> {
     }
 
     /// The last step of a DO_WHILE body finished: start the next iteration or complete the loop.
-    fn loop_iteration_done(&mut self, id: &str, owner: &str, index: &DefIndex) -> Result<(), StateError> {
+    fn loop_iteration_done(&mut self, id: &str, owner: &str, index: &DefIndex<'_>) -> Result<(), StateError> {
         let now = self.now_ms;
         let wf = self.workflow(id)?.expect("caller loaded it");
         let Some(li) = wf
@@ -659,7 +661,7 @@ impl<'s, S: StateView> Exec<'s, S> {
         id: &str,
         step: &WorkflowTask,
         iteration: u32,
-        index: &DefIndex,
+        index: &DefIndex<'_>,
     ) -> Result<(), StateError> {
         let now = self.now_ms;
         let wf = self.workflow(id)?.expect("caller loaded it");
@@ -801,7 +803,7 @@ impl<'s, S: StateView> Exec<'s, S> {
 
     // ------------------------------------------------------------------ system tasks
 
-    fn run_system_task(&mut self, id: &str, i: usize, index: &DefIndex) -> Result<(), StateError> {
+    fn run_system_task(&mut self, id: &str, i: usize, index: &DefIndex<'_>) -> Result<(), StateError> {
         let now = self.now_ms;
         let wf = self.workflow(id)?.expect("caller loaded it");
         let task = wf.tasks[i].clone();
@@ -937,7 +939,7 @@ impl<'s, S: StateView> Exec<'s, S> {
         self.end_workflow(id.to_string(), status, reason, Some(output))
     }
 
-    fn start_dynamic_fork(&mut self, id: &str, i: usize, index: &DefIndex) -> Result<(), StateError> {
+    fn start_dynamic_fork(&mut self, id: &str, i: usize, index: &DefIndex<'_>) -> Result<(), StateError> {
         let now = self.now_ms;
         let wf = self.workflow(id)?.expect("caller loaded it");
         let fork = wf.tasks[i].clone();
@@ -1046,7 +1048,8 @@ impl<'s, S: StateView> Exec<'s, S> {
     /// Schedules the first step of a new workflow (or completes it when it has none).
     pub fn start(&mut self, id: &str) -> Result<(), StateError> {
         let wf = self.workflow(id)?.expect("caller inserted it");
-        let index = DefIndex::new(&wf.workflow_definition);
+        let def = std::sync::Arc::clone(&wf.workflow_definition);
+        let index = DefIndex::new(&def);
         if let Some(first) = wf.workflow_definition.tasks.first().cloned() {
             self.schedule_step(id, &first, 0, &index)?;
         }

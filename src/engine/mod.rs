@@ -641,6 +641,12 @@ impl<S: StateView> StateView for Overlay<'_, S> {
         }
     }
     fn latest_workflow_def(&self, name: &str) -> Result<Option<WorkflowDef>, StateError> {
+        // Unless the batch wrote or deleted a version of it, the base answers: it keeps the latest decoded, where
+        // listing the versions is a scan of the stored ones (every start of a workflow by name asks this).
+        let named = (name.to_string(), 0)..=(name.to_string(), u32::MAX);
+        if self.workflow_defs.range(named).next().is_none() {
+            return self.base.latest_workflow_def(name);
+        }
         match self.workflow_def_versions(name)?.last() {
             Some(version) => self.workflow_def(name, *version),
             None => Ok(None),
@@ -893,5 +899,89 @@ mod metadata_tests {
             (state.task_defs, state.workflow_defs)
         };
         assert_eq!(replay(), replay());
+    }
+
+    fn start_latest(id: &str, name: &str) -> Command {
+        Command::StartWorkflow(StartWorkflow {
+            workflow_id: id.to_string(),
+            name: name.to_string(),
+            version: None,
+            definition: None,
+            input: Map::new(),
+            correlation_id: None,
+            priority: 0,
+            task_to_domain: Default::default(),
+            idempotency_key: None,
+            idempotency_strategy: Default::default(),
+        })
+    }
+
+    /// The state below a batch, counting how often the versions of a definition are listed (a scan in RocksDB).
+    struct CountingScans<'a> {
+        state: &'a MemState,
+        scans: std::cell::Cell<usize>,
+    }
+
+    impl StateView for CountingScans<'_> {
+        fn task_def(&self, name: &str) -> Result<Option<TaskDef>, StateError> {
+            self.state.task_def(name)
+        }
+        fn workflow_def(&self, name: &str, version: u32) -> Result<Option<WorkflowDef>, StateError> {
+            self.state.workflow_def(name, version)
+        }
+        fn latest_workflow_def(&self, name: &str) -> Result<Option<WorkflowDef>, StateError> {
+            self.state.latest_workflow_def(name)
+        }
+        fn workflow_def_versions(&self, name: &str) -> Result<Vec<u32>, StateError> {
+            self.scans.set(self.scans.get() + 1);
+            self.state.workflow_def_versions(name)
+        }
+        fn workflow(&self, id: &str) -> Result<Option<Workflow>, StateError> {
+            self.state.workflow(id)
+        }
+        fn idempotency_key(&self, key: &str) -> Result<Option<String>, StateError> {
+            self.state.idempotency_key(key)
+        }
+        fn type_stats(&self, task_type: &str) -> Result<Option<model::TypeStats>, StateError> {
+            self.state.type_stats(task_type)
+        }
+    }
+
+    fn started_versions(response: &CommandResponse, state: &MemState) -> Vec<Option<u32>> {
+        let CommandResponse::Batch(responses) = response else { panic!("a batch answers a batch: {response:?}") };
+        responses
+            .iter()
+            .filter_map(|r| match r {
+                CommandResponse::WorkflowStarted { workflow_id } => {
+                    Some(state.workflows.get(workflow_id).map(|w| w.workflow_version))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_start_by_name_takes_the_latest_version_as_of_its_place_in_the_batch() {
+        let mut state = MemState::default();
+        run(&mut state, 0, Command::RegisterTaskDefs { defs: vec![task_def("t")] });
+        run(&mut state, 1, Command::UpdateWorkflowDefs { defs: vec![workflow_def("w", 1), workflow_def("w", 2)] });
+
+        // Nothing in the batch touches "w": the state below answers its latest version, without listing versions.
+        let view = CountingScans { state: &state, scans: Default::default() };
+        let batch = Command::Batch(vec![start_latest("a", "w"), start_latest("b", "w")]);
+        let applied = apply(&view, &Proposal { at_ms: 2, command: batch }).expect("memory state never fails");
+        assert_eq!(view.scans.get(), 0);
+        state.write(applied.mutations);
+        assert_eq!(started_versions(&applied.response, &state), [Some(2), Some(2)]);
+
+        // Versions written or deleted earlier in the batch count for the starts after them.
+        let batch = Command::Batch(vec![
+            Command::DeleteWorkflowDef { name: "w".into(), version: 2 },
+            start_latest("c", "w"),
+            Command::RegisterWorkflowDef { def: workflow_def("w", 3), overwrite: false },
+            start_latest("d", "w"),
+        ]);
+        let response = run(&mut state, 3, batch);
+        assert_eq!(started_versions(&response, &state), [Some(1), Some(3)]);
     }
 }

@@ -577,7 +577,8 @@ impl<S: StateView> Exec<'_, S> {
                 "The workflow {workflow_id} is not running so the task referenced by {task_ref} cannot be skipped"
             ))));
         }
-        let index = DefIndex::new(&wf.workflow_definition);
+        let def = std::sync::Arc::clone(&wf.workflow_definition);
+        let index = DefIndex::new(&def);
         let Some(step) = index.step(task_ref).cloned() else {
             return Ok(Err(Refusal::NotFound(format!(
                 "The task referenced by {task_ref} does not exist in the workflow definition {}",
