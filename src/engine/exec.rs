@@ -63,6 +63,7 @@ enum Next {
 /// decides a workflow builds one, so it copies nothing.
 #[derive(Debug, Clone, Default)]
 pub struct DefIndex<'d> {
+    /// Looked up, never iterated: its order cannot reach the state (the engine's maps that are iterated are ordered).
     steps: HashMap<&'d str, (&'d WorkflowTask, Slot<'d>)>,
 }
 
