@@ -25,6 +25,11 @@ const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 /// load, docs/perf.md).
 const SYNC_BUCKETS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5];
 
+/// Buckets for the leader's entry cycle, seconds: 0.5 ms to 1 s, at 1 ms steps where a quiet cycle lies (2-8 ms
+/// here, docs/perf.md).
+const CYCLE_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.008, 0.01, 0.015, 0.02, 0.05, 0.1, 0.25, 1.0];
+
 /// Every metric Baton exports.
 pub struct Metrics {
     registry: Registry,
@@ -46,6 +51,12 @@ pub struct Metrics {
     pub proposal_seconds: HistogramVec,
     /// Proposals that failed, by command kind.
     pub proposal_errors: IntCounterVec,
+    /// On the leader, per command: from joining the group-commit queue to leaving in a log entry.
+    pub group_commit_wait_seconds: Histogram,
+    /// On the leader, per log entry: from leaving to its answer (append, replication, commit, apply here).
+    pub entry_round_trip_seconds: Histogram,
+    /// Per log entry applied to the state machine: the time its apply took on this node.
+    pub apply_seconds: Histogram,
     /// Ready tasks waiting for a worker, by queue (task type, `domain:type` for a domain).
     pub queue_depth: IntGaugeVec,
     /// Tasks leased to workers by this node as leader, by task type.
@@ -88,6 +99,10 @@ impl Metrics {
             let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
             register(&r, HistogramVec::new(opts, labels).expect("valid metric"))
         };
+        let cycle_histogram = |name: &str, help: &str| {
+            let opts = HistogramOpts::new(name, help).buckets(CYCLE_BUCKETS.to_vec());
+            register(&r, Histogram::with_opts(opts).expect("valid metric"))
+        };
         Metrics {
             raft_term: gauge("baton_raft_term", "Current Raft term."),
             raft_is_leader: gauge("baton_raft_is_leader", "1 if this node is the leader, else 0."),
@@ -116,6 +131,19 @@ impl Metrics {
                 "baton_proposal_errors_total",
                 "Proposals that failed, by command kind.",
                 &["kind"],
+            ),
+            group_commit_wait_seconds: cycle_histogram(
+                "baton_group_commit_wait_seconds",
+                "On the leader, per command: time from joining the group-commit queue to leaving in a log entry.",
+            ),
+            entry_round_trip_seconds: cycle_histogram(
+                "baton_entry_round_trip_seconds",
+                "On the leader, per log entry: time from leaving the group-commit queue to its answer (append, \
+                 replication, commit, apply on the leader).",
+            ),
+            apply_seconds: cycle_histogram(
+                "baton_apply_duration_seconds",
+                "Per log entry: time its apply to the state machine took on this node.",
             ),
             queue_depth: gauges("baton_task_queue_depth", "Ready tasks waiting for a worker, by queue.", &["queue"]),
             tasks_dispatched: counters(

@@ -88,11 +88,20 @@ async fn metrics_follow_what_the_cluster_did() -> Result<()> {
         // entry count: an election's entries may be appended, truncated and appended again.)
         let syncs = m.value("baton_wal_sync_duration_seconds_count", &[]);
         ensure!(syncs >= 1.0, "n{}: {syncs} WAL syncs", node.id);
+        // Every replica times each entry it applies, each once: at most the entries up to the applied index (the
+        // log starts at index 0).
+        let applies = m.value("baton_apply_duration_seconds_count", &[]);
+        ensure!(applies >= 6.0 && applies <= applied + 1.0, "n{}: {applies} applies, applied index {applied}", node.id);
     }
     let on_leader = Scrape::of(leader).await?;
     let dispatched = on_leader.value("baton_tasks_dispatched_total", &[("task_type", "resize")]);
     ensure!(dispatched == 2.0, "the leader dispatched {dispatched} tasks");
     ensure!(on_leader.value("baton_task_queue_depth", &[("queue", "resize")]) == 1.0, "queue depth on the leader");
+    // The leader's group commit timed each command's wait and each entry's round trip: the 3 starts, 2 leases and 2
+    // completions at least (forwarded from the follower), in at most as many entries as commands.
+    let waits = on_leader.value("baton_group_commit_wait_seconds_count", &[]);
+    let entries = on_leader.value("baton_entry_round_trip_seconds_count", &[]);
+    ensure!(waits >= 7.0 && (1.0..=waits).contains(&entries), "leader: {waits} commands in {entries} entries");
     let on_follower = Scrape::of(follower).await?;
     let starts = on_follower
         .value("baton_http_requests_total", &[("method", "POST"), ("route", "/api/workflow/{id}"), ("status", "200")]);

@@ -39,6 +39,8 @@ pub enum WriteOutcome {
 struct Queued {
     command: Command,
     reply: oneshot::Sender<WriteOutcome>,
+    /// When it joined the queue.
+    queued: std::time::Instant,
 }
 
 /// The queue in front of `Raft::client_write`.
@@ -59,7 +61,7 @@ impl GroupCommit {
     /// Proposes `command` (batched with whatever else is waiting) and waits for its outcome.
     pub async fn write(&self, command: Command) -> WriteOutcome {
         let (reply, answer) = oneshot::channel();
-        if self.queue.send(Queued { command, reply }).is_err() {
+        if self.queue.send(Queued { command, reply, queued: std::time::Instant::now() }).is_err() {
             return WriteOutcome::Fatal;
         }
         answer.await.unwrap_or(WriteOutcome::Fatal)
@@ -146,8 +148,14 @@ async fn run(raft: Raft, mut rx: mpsc::UnboundedReceiver<Queued>, clock: fn() ->
         // One entry in flight: proposed and awaited here, in this task (no hand-off to another).
         let (len, departed) = (batch.items.len(), std::time::Instant::now());
         pacer.departed(departed);
+        let metrics = crate::metrics::metrics();
+        for item in &batch.items {
+            metrics.group_commit_wait_seconds.observe(departed.duration_since(item.queued).as_secs_f64());
+        }
         let (replies, outcomes) = commit(&raft, batch.items, clock()).await;
-        pacer.answered(departed.elapsed());
+        let took = departed.elapsed();
+        pacer.answered(took);
+        metrics.entry_round_trip_seconds.observe(took.as_secs_f64());
         last_len = len;
         // What arrived during the flight is counted before the answers let this entry's callers send again.
         next.take_queued(&mut rx);
@@ -339,7 +347,7 @@ mod tests {
     fn queued(value_bytes: usize) -> (Queued, oneshot::Receiver<WriteOutcome>) {
         let (reply, answer) = oneshot::channel();
         let command = Command::BenchWrite { key: "k".into(), value: vec![7; value_bytes] };
-        (Queued { command, reply }, answer)
+        (Queued { command, reply, queued: std::time::Instant::now() }, answer)
     }
 
     #[test]

@@ -624,6 +624,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let mut responses = Vec::new();
         for entry in entries {
+            let began = std::time::Instant::now();
             let log_id = entry.log_id;
             let apply_err =
                 |e: &dyn std::error::Error| StorageIOError::apply(log_id, openraft::AnyError::error(e.to_string()));
@@ -684,7 +685,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
                 self.reader.pending.update(changed.iter().map(|wf| wf.as_ref()));
             }
-            crate::metrics::metrics().record_transitions(&transitions);
+            let metrics = crate::metrics::metrics();
+            metrics.record_transitions(&transitions);
+            metrics.apply_seconds.observe(began.elapsed().as_secs_f64());
             responses.push(response);
         }
         Ok(responses)
