@@ -5,6 +5,11 @@
 //! `grpc-status` of a trailers-only response (how tonic answers an error), else 0 (OK): a streaming call that fails
 //! after it started counts as OK here. Only Baton's and gRPC's own services get a series of their own; any other
 //! path counts as `other`, so a client cannot create series at will.
+//!
+//! Being the one layer in front of every gRPC service, it also refuses a `grpc-timeout` that is not gRPC's (1 to 8
+//! digits and a unit) with `INVALID_ARGUMENT`: tonic would ignore it silently and run the call with no deadline,
+//! and the peer service would otherwise have to guess one (a 19-digit value used to overflow its deadline and
+//! panic).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -38,10 +43,21 @@ fn method_label(path: &str) -> String {
     }
 }
 
+/// Why the request's `grpc-timeout` header is refused, if it is.
+fn malformed_timeout<B>(request: &http::Request<B>) -> Option<tonic::Status> {
+    let value = request.headers().get("grpc-timeout")?;
+    let why = match value.to_str() {
+        Ok(text) => crate::raft::wire::parse_grpc_timeout(text).err()?,
+        Err(_) => "not ASCII".to_string(),
+    };
+    Some(tonic::Status::invalid_argument(format!("grpc-timeout: {why}")))
+}
+
 impl<S, B, R> tower::Service<http::Request<B>> for GrpcMetrics<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<R>>,
     S::Future: Send + 'static,
+    R: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -54,9 +70,16 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let method = method_label(request.uri().path());
         let started = Instant::now();
-        let call = self.inner.call(request);
+        let call = match malformed_timeout(&request) {
+            None => Ok(self.inner.call(request)),
+            Some(status) => Err(status),
+        };
         Box::pin(async move {
-            let result = call.await;
+            let result = match call {
+                Ok(call) => call.await,
+                // A trailers-only answer, as tonic gives an error.
+                Err(status) => Ok(status.into_http()),
+            };
             let code = match &result {
                 Ok(response) => {
                     response.headers().get("grpc-status").and_then(|v| v.to_str().ok()).unwrap_or("0").to_string()

@@ -9,6 +9,9 @@
 //! ([`encode_compressed`], format [`FORMAT_V1_LZ4`]): the same MessagePack, LZ4-compressed, so the names that make
 //! up about half of a task's bytes are written (to the WAL, the memtable, flushes and snapshots) about once per
 //! record. [`decode`] reads both formats.
+//!
+//! Bytes from the network go through [`decode_plain`] instead: only the plain format, nested no deeper than the
+//! caller says, so that a peer's message can neither make this node decompress nor recurse until the stack ends.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -20,6 +23,11 @@ pub const FORMAT_V1_LZ4: u8 = 2;
 
 /// Largest decompressed record [`decode`] accepts: a corrupt length cannot make it allocate more.
 pub const MAX_DECOMPRESSED_BYTES: usize = 1 << 30;
+
+/// Most bytes one byte of an LZ4 block decompresses to: a match's length grows by at most 255 per byte of input
+/// (its length extension bytes). A record declaring more than this many times its compressed length is corrupt,
+/// so a few bytes cannot make [`decode`] allocate a gigabyte.
+const LZ4_MAX_RATIO: usize = 255;
 
 /// Decoding failed: unknown version, truncated or corrupt bytes.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +50,12 @@ pub enum CodecError {
     /// An empty record.
     #[error("empty record")]
     Empty,
+    /// [`decode_plain`] met another format than [`FORMAT_V1`].
+    #[error("format version {0} is not accepted here (only {FORMAT_V1}, uncompressed)")]
+    NotPlain(u8),
+    /// [`decode_plain`] met arrays, maps or extensions nested deeper than it allows.
+    #[error("nested deeper than {0} levels")]
+    TooDeep(usize),
 }
 
 /// Encodes `value` as version byte + MessagePack.
@@ -98,6 +112,26 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     }
 }
 
+/// Decodes [`encode`]'s output from a source that is not trusted (a peer's message): only [`FORMAT_V1`], and
+/// arrays, maps and MessagePack extensions nested at most `max_depth` levels deep. rmp-serde recurses once per
+/// level (1024 levels by default, more than a 2 MiB stack holds for some of Baton's types), so the caller picks a
+/// depth whose recursion fits the thread it decodes on.
+pub fn decode_plain<T: DeserializeOwned>(bytes: &[u8], max_depth: usize) -> Result<T, CodecError> {
+    match bytes.split_first() {
+        None => Err(CodecError::Empty),
+        Some((&FORMAT_V1, rest)) => {
+            let mut deserializer = rmp_serde::Deserializer::from_read_ref(rest);
+            // rmp-serde counts the outermost level too and refuses on reaching its limit.
+            deserializer.set_max_depth(max_depth.saturating_add(1));
+            T::deserialize(&mut deserializer).map_err(|e| match e {
+                rmp_serde::decode::Error::DepthLimitExceeded => CodecError::TooDeep(max_depth),
+                e => CodecError::Decode(e),
+            })
+        }
+        Some((&other, _)) => Err(CodecError::NotPlain(other)),
+    }
+}
+
 /// The length of the record `bytes` uncompressed (as [`encode`] would have written it), without decoding it.
 pub fn plain_len(bytes: &[u8]) -> usize {
     match bytes.split_first() {
@@ -112,9 +146,11 @@ pub fn plain_len(bytes: &[u8]) -> usize {
 fn decompress(compressed: &[u8]) -> Result<Vec<u8>, CodecError> {
     let length = compressed.get(..4).ok_or_else(|| CodecError::Decompress("no length".into()))?;
     let length = u32::from_le_bytes(length.try_into().expect("four bytes")) as usize;
-    if length > MAX_DECOMPRESSED_BYTES {
+    let most = MAX_DECOMPRESSED_BYTES.min(compressed.len().saturating_sub(4).saturating_mul(LZ4_MAX_RATIO));
+    if length > most {
         return Err(CodecError::Decompress(format!(
-            "a decompressed length of {length} bytes (at most {MAX_DECOMPRESSED_BYTES} accepted)"
+            "a decompressed length of {length} bytes from {} compressed (at most {most} accepted)",
+            compressed.len() - 4
         )));
     }
     lz4_flex::decompress_size_prepended(compressed).map_err(|e| CodecError::Decompress(e.to_string()))
@@ -169,5 +205,40 @@ mod tests {
         let mut short = good.clone();
         short[1..5].copy_from_slice(&2u32.to_le_bytes());
         assert!(decode::<serde_json::Value>(&short).is_err(), "a wrong length is an error, not a short record");
+    }
+
+    #[test]
+    fn a_declared_length_beyond_lz4s_ratio_is_refused_before_allocating() {
+        // Six bytes declaring 1 GiB: refused by the ratio, without a gigabyte allocated to find out.
+        let gib = [FORMAT_V1_LZ4, 0, 0, 0, 0x40, 0x00];
+        let err = decode::<serde_json::Value>(&gib).expect_err("refused");
+        assert!(err.to_string().contains("1073741824 bytes from 1 compressed (at most 255 accepted)"), "{err}");
+        // A record that really compresses 255 to 1 still decodes: the bound is LZ4's, not a guess.
+        let zeros = serde_json::json!({"z": "0".repeat(1 << 20)});
+        let compressed = encode_compressed(&zeros).expect("encodes");
+        assert!(compressed.len() * 200 < plain_len(&compressed), "{} bytes compressed", compressed.len());
+        assert_eq!(decode::<serde_json::Value>(&compressed).expect("decodes"), zeros);
+    }
+
+    /// `depth` arrays, one inside the other, around an empty one, encoded.
+    fn nested_arrays(depth: usize) -> Vec<u8> {
+        let mut bytes = vec![FORMAT_V1];
+        bytes.extend(std::iter::repeat_n(0x91, depth - 1)); // fixarray of one element
+        bytes.push(0x90); // fixarray of none
+        bytes
+    }
+
+    #[test]
+    fn plain_decoding_bounds_nesting_and_refuses_compressed_records() {
+        assert!(decode_plain::<serde_json::Value>(&nested_arrays(64), 64).is_ok());
+        assert!(matches!(decode_plain::<serde_json::Value>(&nested_arrays(65), 64), Err(CodecError::TooDeep(64))));
+        // 100,000 levels: refused at the limit, not followed until the stack ends.
+        let err = decode_plain::<serde_json::Value>(&nested_arrays(100_000), 64).expect_err("refused");
+        assert_eq!(err.to_string(), "nested deeper than 64 levels");
+        let compressed = encode_compressed(&serde_json::json!({"a": 1})).expect("encodes");
+        assert!(matches!(decode_plain::<serde_json::Value>(&compressed, 64), Err(CodecError::NotPlain(FORMAT_V1_LZ4))));
+        assert!(matches!(decode_plain::<serde_json::Value>(&[], 64), Err(CodecError::Empty)));
+        let value = serde_json::json!({"a": [1, {"b": "c"}]});
+        assert_eq!(decode_plain::<serde_json::Value>(&encode(&value).expect("encodes"), 64).expect("decodes"), value);
     }
 }
