@@ -9,7 +9,10 @@
 //!   engine), snapshots, the read side.
 //! - [`raft`]: openraft glue: type configuration, the peer network over gRPC (client and server), and the
 //!   [`Proposer`](raft::proposer::Proposer) that gets a command committed from any node.
-//! - [`runtime`]: hands ready tasks to workers under leases and fires timers, by proposing commands.
+//! - [`runtime`]: hands ready tasks to workers under leases, fires timers, and evaluates user code, by proposing
+//!   commands.
+//! - [`sandbox`]: child processes of this binary that run user code (JavaScript, jq) under OS-enforced limits,
+//!   for the leader's evaluator; apply never runs user code.
 //! - [`api`]: what clients see: gRPC services, HTTP (status, health, Conductor REST), error mapping.
 //! - [`config`]: the configuration tree, its layers and validation.
 //! - [`node`]: the composition root: starts and stops one node.
@@ -39,4 +42,5 @@ pub mod node;
 pub mod pb;
 pub mod raft;
 pub mod runtime;
+pub mod sandbox;
 pub mod storage;

@@ -27,7 +27,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run one node.
+    /// Evaluate user code for a node's sandbox: one JSON request a line on stdin, one outcome a line on stdout.
+    /// Started by the node itself; not for people.
+    #[command(hide = true)]
+    Sandbox {
+        /// Memory the code may allocate, bytes.
+        #[arg(long, default_value_t = 256 << 20)]
+        memory_bytes: u64,
+        /// CPU time for the child's whole life, seconds (a backstop under the node's wall-clock kill).
+        #[arg(long, default_value_t = 3600)]
+        cpu_seconds: u64,
+    },
+    /// Run one node. Exit code 0: stopped by SIGINT or SIGTERM; 2: bad configuration; 3: Raft stopped on a fatal
+    /// error (a storage error such as a full disk); 1: any other failure.
     Server {
         /// The node's config file (TOML).
         #[arg(long)]
@@ -380,6 +392,9 @@ fn cancel_on_signal(token: CancellationToken) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `baton server`: 0 after a shutdown on SIGINT or SIGTERM; 2 on a bad configuration; 3
+/// ([`baton::node::RAFT_FAILED_EXIT_CODE`]) when the node's Raft core stopped on a fatal error (a storage error such as
+/// a full disk); 1 on any other failure.
 async fn server(config: PathBuf, data_dir: Option<PathBuf>) -> ExitCode {
     let config = match Config::load(Some(&config), std::env::vars(), &Overrides { data_dir }) {
         Ok(config) => config,
@@ -403,7 +418,7 @@ async fn server(config: PathBuf, data_dir: Option<PathBuf>) -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "node failed");
             eprintln!("baton: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }
@@ -437,10 +452,31 @@ async fn workflow(addrs: &[String], command: WorkflowCmd) -> ExitCode {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The sandbox child evaluates user code on one thread; it starts no async runtime (fewer threads, a smaller
+    // address space under its limit).
+    if let Cmd::Sandbox { memory_bytes, cpu_seconds } = cli.command {
+        return match baton::sandbox::child::serve(memory_bytes, cpu_seconds) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("baton sandbox: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("baton: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
     match cli.command {
+        Cmd::Sandbox { .. } => unreachable!("handled in main before the runtime starts"),
         Cmd::Server { config, data_dir } => server(config, data_dir).await,
         Cmd::Up { data_dir, config_dir } => {
             let configs = (1..=3).map(|n| config_dir.join(format!("node{n}.toml"))).collect();

@@ -7,6 +7,13 @@
 //!
 //! Shutdown (when `shutdown` is cancelled): stop accepting, let in-flight calls drain for up to
 //! `api.drain_timeout_ms`, shut Raft down, flush and close RocksDB.
+//!
+//! A failed Raft core (openraft stops it on a storage error: a full disk, a failed write or fsync, an unreadable
+//! record in apply) is not lived with: the node logs why at ERROR, answers 503 with the reason on `/health` and
+//! `/ready` (gRPC health: NOT_SERVING) for [`FAILED_REPORT_MS`], then shuts down as above, draining for at most
+//! [`FAILED_DRAIN_MS`] and without flushing RocksDB (the disk is what failed; a restart recovers from the log as
+//! after a kill), and [`run`] returns [`NodeError::RaftFailed`]: `baton server` exits with
+//! [`RAFT_FAILED_EXIT_CODE`] so that a supervisor restarts the node or pages someone.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,11 +42,27 @@ use crate::raft::peer_service::PeerService;
 use crate::raft::proposer::Proposer;
 use crate::raft::{NodeId, NodeInfo, Raft};
 use crate::runtime::dispatch::Dispatcher;
-use crate::runtime::timers;
+use crate::runtime::{evaluate, timers};
+use crate::sandbox::{Sandbox, SandboxLimits};
 use crate::storage::{Db, Identity, LogStore, OpenError, StateMachineStore};
 
 /// Largest gRPC message a node accepts or sends (Raft batches of large definitions, snapshot chunks).
 const MAX_GRPC_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The exit code of `baton server` when the node's Raft core stopped on a fatal error while it ran
+/// ([`NodeError::RaftFailed`]). Distinct from 1 (any other failure) and 2 (bad configuration, where a restart does
+/// not help).
+pub const RAFT_FAILED_EXIT_CODE: u8 = 3;
+
+/// How long a node whose Raft core failed keeps listening and answering 503 on `/health` and `/ready`, with the
+/// reason, before it shuts down, ms: a probe or load balancer polling every second sees why before the connection
+/// is refused; the supervisor learns from the exit moments later.
+pub const FAILED_REPORT_MS: u64 = 1000;
+
+/// The longest a node whose Raft core failed drains in-flight calls, ms (and never longer than
+/// `api.drain_timeout_ms`): without Raft they can only fail, and a worker's long poll or stream would hold the
+/// exit up.
+pub const FAILED_DRAIN_MS: u64 = 2000;
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +91,19 @@ pub enum NodeError {
         /// The error.
         message: String,
     },
+    /// The Raft core stopped on a fatal error while the node ran (the reason openraft gave); the node shut down.
+    #[error("raft stopped on a fatal error: {0}")]
+    RaftFailed(String),
+}
+
+impl NodeError {
+    /// The exit code `baton server` ends with: [`RAFT_FAILED_EXIT_CODE`] for [`NodeError::RaftFailed`], 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            NodeError::RaftFailed(_) => RAFT_FAILED_EXIT_CODE,
+            _ => 1,
+        }
+    }
 }
 
 /// How many log entries node `node_id` lets pass between snapshots, given the configured `logs_since_last`: 80%,
@@ -102,7 +138,8 @@ async fn bind(addr: &str, what: &'static str) -> Result<TcpListener, NodeError> 
     TcpListener::bind(addr).await.map_err(|source| NodeError::Bind { addr: addr.to_string(), what, source })
 }
 
-/// Runs one node until `shutdown` is cancelled, then stops it cleanly.
+/// Runs one node until `shutdown` is cancelled, then stops it cleanly; or until its Raft core fails, then stops it
+/// as well as it can (in bounded time) and returns [`NodeError::RaftFailed`].
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), NodeError> {
     let grpc_listener = bind(config.grpc_listen_addr(), "gRPC").await?;
     let http_listener = bind(config.http_listen_addr(), "HTTP").await?;
@@ -219,12 +256,33 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     );
     let grpc_task = tokio::spawn(grpc);
     let timers_task = tokio::spawn(timers::run(raft.clone(), proposer.clone(), reader.clone(), shutdown.clone()));
+    let sandbox = Arc::new(Sandbox::new(SandboxLimits::default()));
+    let evaluator_task =
+        tokio::spawn(evaluate::run(raft.clone(), proposer.clone(), reader.clone(), sandbox, shutdown.clone()));
     let http_task = tokio::spawn(async move { http.await });
     tokio::spawn(count_leader_changes(raft.metrics()));
 
-    shutdown.cancelled().await;
+    let failed = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        reason = raft_failed(raft.metrics()) => Some(reason),
+    };
+    let mut drain_timeout_ms = config.api.drain_timeout_ms;
+    if let Some(reason) = &failed {
+        tracing::error!(
+            %reason,
+            exit_code = RAFT_FAILED_EXIT_CODE,
+            "raft stopped on a fatal error: reporting unhealthy for {FAILED_REPORT_MS} ms, then shutting down"
+        );
+        health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_millis(FAILED_REPORT_MS)) => {}
+        }
+        shutdown.cancel();
+        drain_timeout_ms = drain_timeout_ms.min(FAILED_DRAIN_MS);
+    }
     tracing::info!("shutting down: draining in-flight calls");
-    let drain = Duration::from_millis(config.api.drain_timeout_ms);
+    let drain = Duration::from_millis(drain_timeout_ms);
     let drained = tokio::time::timeout(drain, async {
         let grpc = grpc_task.await;
         let http = http_task.await;
@@ -241,19 +299,44 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
                 result = Err(NodeError::Serve { what: "HTTP", message: e.to_string() });
             }
         }
-        Err(_) => tracing::warn!(drain_timeout_ms = config.api.drain_timeout_ms, "drain timed out; stopping anyway"),
+        Err(_) => tracing::warn!(drain_timeout_ms, "drain timed out; stopping anyway"),
     }
     let _ = timers_task.await;
+    let _ = evaluator_task.await;
     tracing::info!("stopping raft");
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown reported an error");
     }
     drop(raft);
+    if let Some(reason) = failed {
+        // Flushing writes to the storage that just failed, and a RocksDB stopped by a background error (a full
+        // disk) may wait for a recovery that never comes. Nothing acknowledged needs it: appends were synced.
+        tracing::warn!("RocksDB not flushed: the Raft core failed");
+        tracing::info!("node stopped");
+        return Err(NodeError::RaftFailed(reason));
+    }
     if let Err(e) = db.flush() {
         tracing::warn!(error = %e, "flushing RocksDB failed");
     }
     tracing::info!("node stopped");
     result
+}
+
+/// Resolves, with the reason, once the Raft core has stopped by itself (see [`crate::raft::core_failure`]); never
+/// while it runs, nor after an orderly shutdown.
+async fn raft_failed(mut metrics: tokio::sync::watch::Receiver<crate::raft::RaftMetrics>) -> String {
+    loop {
+        let ended = metrics.has_changed().is_err();
+        if let Some(reason) = crate::raft::core_failure(&metrics.borrow_and_update(), ended) {
+            return reason;
+        }
+        if ended {
+            // Stopped by `Raft::shutdown`: the node's own shutdown is under way.
+            return std::future::pending().await;
+        }
+        // An error means the core ended; the next turn reads its last metrics.
+        let _ = metrics.changed().await;
+    }
 }
 
 /// Counts the leader changes this node sees (`baton_raft_leader_changes_total`), until Raft shuts down.

@@ -38,7 +38,10 @@ impl Gateway {
 
     /// Validates and commits a command; a refusal by the engine becomes the matching [`ApiError`].
     pub async fn write(&self, command: Command) -> Result<Committed, ApiError> {
-        let problems = command.validate();
+        let mut problems = command.validate();
+        if problems.is_empty() {
+            problems = command.validate_code();
+        }
         if !problems.is_empty() {
             return Err(ApiError::invalid_fields(problems));
         }

@@ -110,12 +110,28 @@ async fn prometheus_metrics(State(state): State<HttpState>) -> Response {
         .into_response()
 }
 
-async fn health() -> &'static str {
-    "ok"
+/// 200 `ok` while this node's Raft runs. 503 with `{"healthy": false, "reason": ...}` once its Raft core has stopped
+/// on a fatal error (a storage error such as a full disk): the node then shuts down and exits with
+/// [`RAFT_FAILED_EXIT_CODE`](crate::node::RAFT_FAILED_EXIT_CODE), and answers this until it has stopped listening.
+async fn health(State(state): State<HttpState>) -> Response {
+    match crate::raft::failure(&state.raft) {
+        None => "ok".into_response(),
+        Some(reason) => unhealthy(&reason),
+    }
 }
 
-/// 200 when a leader is known and this node has applied everything it knows committed; 503 otherwise.
+/// The reply of `/health` for a node whose Raft core stopped on `reason`.
+fn unhealthy(reason: &str) -> Response {
+    let reason = format!("raft stopped on a fatal error: {reason}");
+    (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"healthy": false, "reason": reason}))).into_response()
+}
+
+/// 200 when a leader is known and this node has applied everything it knows committed; 503 otherwise, and always
+/// once this node's Raft core has stopped on a fatal error (as `/health`).
 async fn ready(State(state): State<HttpState>) -> Response {
+    if let Some(reason) = crate::raft::failure(&state.raft) {
+        return not_ready(format!("raft stopped on a fatal error: {reason}"));
+    }
     let (leader, applied) = {
         let metrics = state.raft.metrics();
         let metrics = metrics.borrow();

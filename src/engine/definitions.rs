@@ -460,8 +460,24 @@ fn require_str(path: &str, task: &WorkflowTask, field: &str, errors: &mut Vec<Fi
     }
 }
 
-/// The fields each task type needs, and the expressions it carries that must parse.
-fn check_type_fields(path: &str, task: &WorkflowTask, errors: &mut Vec<FieldError>) {
+/// Every problem with the code a workflow definition carries: JavaScript that does not parse, jq that does not
+/// compile. Checked before a definition is proposed, never in apply: compiling is user-controlled work (a
+/// definition may carry thousands of queries), and a definition whose code does not parse fails only its own tasks.
+pub fn validate_workflow_code(def: &WorkflowDef) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let mut stack: Vec<(String, &WorkflowTask)> =
+        def.tasks.iter().enumerate().rev().map(|(i, t)| (format!("tasks[{i}]"), t)).collect();
+    while let Some((path, task)) = stack.pop() {
+        check_task_code(&path, task, &mut errors);
+        let mut children: Vec<_> = task.children().map(|(p, t)| (format!("{path}.{p}"), t)).collect();
+        children.reverse();
+        stack.extend(children);
+    }
+    errors
+}
+
+/// The code one task carries that must parse (see [`validate_workflow_code`]).
+fn check_task_code(path: &str, task: &WorkflowTask, errors: &mut Vec<FieldError>) {
     let js = |errors: &mut Vec<FieldError>, field: &str, expr: &str| {
         if let Err(e) = super::script::check(expr) {
             errors.push(FieldError::new(format!("{path}.{field}"), format!("Expression is not well formatted: {e}")));
@@ -469,12 +485,51 @@ fn check_type_fields(path: &str, task: &WorkflowTask, errors: &mut Vec<FieldErro
     };
     match task.task_type.as_str() {
         "SWITCH" => {
+            if let (Some("javascript" | "graaljs"), Some(e)) =
+                (task.extra_str("evaluatorType").as_deref(), task.extra_str("expression"))
+            {
+                js(errors, "expression", &e);
+            }
+        }
+        "DECISION" => {
+            if let Some(e) = task.extra_str("caseExpression") {
+                js(errors, "caseExpression", &e);
+            }
+        }
+        "DO_WHILE" => {
+            if let Some(cond) = task.extra_str("loopCondition").filter(|c| !c.trim().is_empty()) {
+                js(errors, "loopCondition", &cond);
+            }
+        }
+        "JSON_JQ_TRANSFORM" => {
+            if let Some(q) = task.input_parameters.get("queryExpression").and_then(Value::as_str) {
+                if !q.contains("${") {
+                    if let Err(e) = super::jq::check(q) {
+                        errors.push(FieldError::new(format!("{path}.inputParameters.queryExpression"), e.to_string()));
+                    }
+                }
+            }
+        }
+        "INLINE" => {
+            if let Some(e) = task.input_parameters.get("expression").and_then(Value::as_str) {
+                if !e.contains("${") {
+                    js(errors, "inputParameters.expression", e);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The fields each task type needs.
+fn check_type_fields(path: &str, task: &WorkflowTask, errors: &mut Vec<FieldError>) {
+    match task.task_type.as_str() {
+        "SWITCH" => {
             let evaluator = require_str(path, task, "evaluatorType", errors);
-            let expression = require_str(path, task, "expression", errors);
-            match (evaluator.as_deref(), expression) {
-                (Some("javascript" | "graaljs"), Some(e)) => js(errors, "expression", &e),
-                (Some("value-param"), _) | (None, _) => {}
-                (Some(other), _) => errors.push(FieldError::new(
+            require_str(path, task, "expression", errors);
+            match evaluator.as_deref() {
+                Some("javascript" | "graaljs" | "value-param") | None => {}
+                Some(other) => errors.push(FieldError::new(
                     format!("{path}.evaluatorType"),
                     format!("unknown evaluatorType '{other}' (known: value-param, javascript, graaljs)"),
                 )),
@@ -491,14 +546,9 @@ fn check_type_fields(path: &str, task: &WorkflowTask, errors: &mut Vec<FieldErro
                     ),
                 ));
             }
-            if let Some(e) = case_expr {
-                js(errors, "caseExpression", &e);
-            }
         }
         "DO_WHILE" => {
-            if let Some(cond) = require_str(path, task, "loopCondition", errors) {
-                js(errors, "loopCondition", &cond);
-            }
+            require_str(path, task, "loopCondition", errors);
             if task.loop_over.is_empty() {
                 errors.push(FieldError::new(format!("{path}.loopOver"), "loopOver must hold at least one task"));
             }
@@ -541,11 +591,6 @@ fn check_type_fields(path: &str, task: &WorkflowTask, errors: &mut Vec<FieldErro
             }
         }
         "JSON_JQ_TRANSFORM" => match task.input_parameters.get("queryExpression").and_then(Value::as_str) {
-            Some(q) if !q.contains("${") => {
-                if let Err(e) = super::jq::check(q) {
-                    errors.push(FieldError::new(format!("{path}.inputParameters.queryExpression"), e.to_string()));
-                }
-            }
             Some(_) => {}
             None => errors.push(FieldError::new(
                 format!("{path}.inputParameters.queryExpression"),
@@ -553,7 +598,6 @@ fn check_type_fields(path: &str, task: &WorkflowTask, errors: &mut Vec<FieldErro
             )),
         },
         "INLINE" => match task.input_parameters.get("expression").and_then(Value::as_str) {
-            Some(e) if !e.contains("${") => js(errors, "inputParameters.expression", e),
             Some(_) => {}
             None => errors.push(FieldError::new(
                 format!("{path}.inputParameters.expression"),

@@ -5,20 +5,17 @@
 //! sees a frozen clock, and maps are ordered. Owns the rules of "what runs next"; must not touch storage (it reads
 //! through [`StateView`] and hands back changed workflows as mutations).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::definitions::{TaskDef, WorkflowDef, WorkflowTask};
+use super::limits::Limits;
 use super::model::{
     map_nests_deeper_than, too_deep, Task, TaskStatus, TypeStats, Workflow, WorkflowStatus, MAX_VALUE_DEPTH,
 };
-use super::{expr, jq, script, Mutation, StateError, StateView, Transitions};
-
-/// Most tasks one command may schedule in one workflow: a guard against definitions that loop through system
-/// tasks forever (a DO_WHILE of SET_VARIABLEs whose condition never turns false).
-pub const MAX_TASKS_PER_DECISION: usize = 1000;
+use super::{expr, script, Mutation, StateError, StateView, Transitions};
 
 /// A deterministic UUID-shaped id derived from `seed` (sub-workflow and task ids).
 pub fn derive_id(seed: &str) -> String {
@@ -120,6 +117,13 @@ pub struct Exec<'s, S: StateView> {
     task_defs: BTreeMap<String, Option<TaskDef>>,
     /// Workflows whose status or tasks changed and must be decided again (parents of finished children...).
     to_decide: BTreeSet<String>,
+    /// Workflows created by this command whose first step is still to be scheduled, in creation order. Children
+    /// start from this queue, never from inside their parent's decision, so a chain of starts uses no stack.
+    to_start: VecDeque<String>,
+    /// Workflows this command started (bounded by [`Limits::max_starts_per_command`]).
+    starts: u32,
+    /// The bounds this command applies with.
+    limits: Limits,
     /// The workflow being ended was ended by an operator (no failure workflow).
     ending_by_operator: bool,
     /// Idempotency keys recorded by this command.
@@ -172,6 +176,9 @@ impl<'s, S: StateView> Exec<'s, S> {
             dirty: BTreeSet::new(),
             task_defs: BTreeMap::new(),
             to_decide: BTreeSet::new(),
+            to_start: VecDeque::new(),
+            starts: 0,
+            limits: Limits::default(),
             ending_by_operator: false,
             idempotency_keys: BTreeMap::new(),
             original_in_progress: BTreeMap::new(),
@@ -241,6 +248,9 @@ impl<'s, S: StateView> Exec<'s, S> {
         if wf.status != WorkflowStatus::Running {
             return Ok(0);
         }
+        if wf.decision_pending {
+            return Ok(self.now_ms);
+        }
         let mut due = u64::MAX;
         let def = &wf.workflow_definition;
         if def.timeout_seconds > 0 && def.timeout_policy == WorkflowTimeoutPolicy::TimeOutWf {
@@ -307,12 +317,31 @@ impl<'s, S: StateView> Exec<'s, S> {
         self.to_decide.insert(id.to_string());
     }
 
-    /// Runs pending decisions (cascading to parents), then hands back every changed workflow.
+    /// The bounds this command applies with.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Runs pending starts and decisions (cascading to parents), then hands back every changed workflow.
+    ///
+    /// Starts are drained first and always completely: each one was counted against
+    /// [`Limits::max_starts_per_command`] when it was queued. Decisions past [`Limits::max_steps_per_decision`]
+    /// rounds are left to a follow-up `Tick` (the workflow is marked [`Workflow::decision_pending`]).
     pub fn finish(mut self) -> Result<(Vec<Mutation>, Transitions), StateError> {
-        let mut rounds = 0;
-        while let Some(id) = self.to_decide.pop_first() {
+        let mut rounds = 0u32;
+        loop {
+            if let Some(id) = self.to_start.pop_front() {
+                self.start(&id)?;
+                continue;
+            }
+            let Some(id) = self.to_decide.pop_first() else { break };
             rounds += 1;
-            if rounds > MAX_TASKS_PER_DECISION {
+            if rounds > self.limits.max_steps_per_decision {
+                for id in std::iter::once(id).chain(std::mem::take(&mut self.to_decide)) {
+                    if let Some(wf) = self.workflow(&id)? {
+                        wf.decision_pending = true;
+                    }
+                }
                 break;
             }
             self.decide(&id)?;
@@ -384,15 +413,16 @@ impl<'s, S: StateView> Exec<'s, S> {
         if wf.status != WorkflowStatus::Running {
             return Ok(());
         }
+        wf.decision_pending = false;
         let def = std::sync::Arc::clone(&wf.workflow_definition);
         let index = DefIndex::new(&def);
         let mut steps = 0;
         loop {
             steps += 1;
-            if steps > MAX_TASKS_PER_DECISION {
-                let reason =
-                    format!("more than {MAX_TASKS_PER_DECISION} steps in one decision: a loop that never waits");
-                self.end_workflow(id.to_string(), WorkflowStatus::Failed, reason, None)?;
+            if steps > self.limits.max_steps_per_decision {
+                // Not a failure: a long run of system tasks goes on in the next command (a Tick due at once), so
+                // no command does unbounded work and no legitimate workflow fails for being long.
+                self.workflow(id)?.expect("loaded above").decision_pending = true;
                 return Ok(());
             }
             let wf = self.workflow(id)?.expect("loaded above");
@@ -400,7 +430,11 @@ impl<'s, S: StateView> Exec<'s, S> {
                 return Ok(());
             }
             // 1. A system task waiting to be run by the engine.
-            if let Some(i) = wf.tasks.iter().position(|t| t.status == TaskStatus::Scheduled && is_engine_task(t)) {
+            if let Some(i) = wf
+                .tasks
+                .iter()
+                .position(|t| t.status == TaskStatus::Scheduled && is_engine_task(t) && t.awaiting_evaluation == 0)
+            {
                 self.run_system_task(id, i, &index)?;
                 continue;
             }
@@ -474,7 +508,7 @@ impl<'s, S: StateView> Exec<'s, S> {
                 let step = index.step(&next).cloned().expect("next_after names indexed steps");
                 self.schedule_step(id, &step, task.iteration, index)
             }
-            Next::LoopEnd(owner) => self.loop_iteration_done(id, &owner, index),
+            Next::LoopEnd(owner) => self.loop_iteration_done(id, &owner),
             Next::Nothing => Ok(()),
         }
     }
@@ -593,9 +627,8 @@ impl<'s, S: StateView> Exec<'s, S> {
         Ok(false)
     }
 
-    /// The last step of a DO_WHILE body finished: start the next iteration or complete the loop.
-    fn loop_iteration_done(&mut self, id: &str, owner: &str, index: &DefIndex<'_>) -> Result<(), StateError> {
-        let now = self.now_ms;
+    /// The last step of a DO_WHILE body finished: record its outputs and wait for the condition's evaluation.
+    fn loop_iteration_done(&mut self, id: &str, owner: &str) -> Result<(), StateError> {
         let wf = self.workflow(id)?.expect("caller loaded it");
         let Some(li) = wf
             .tasks
@@ -619,36 +652,103 @@ impl<'s, S: StateView> Exec<'s, S> {
             outputs.insert(t.workflow_task.task_reference_name.clone(), Value::Object(t.output_data.clone()));
         }
         let loop_task = &mut wf.tasks[li];
-        loop_task.output_data.insert(iteration.to_string(), Value::Object(outputs.clone()));
+        loop_task.output_data.insert(iteration.to_string(), Value::Object(outputs));
         loop_task.output_data.insert("iteration".into(), json!(iteration));
-        // `$` for the condition: the loop's input, the loop itself ({iteration, ...outputs}), and each body task's
-        // output of this iteration, by reference name.
-        let mut scope = loop_task.input_data.clone();
-        scope.insert(owner.to_string(), Value::Object(loop_task.output_data.clone()));
-        for (r, out) in outputs {
-            scope.insert(r, out);
+        // The condition is user code: the leader evaluates it outside apply and the verdict comes back as a
+        // command (engine::evaluation), which continues in `loop_condition_known`.
+        self.await_evaluation(id, li, iteration)
+    }
+
+    /// Leaves task `i` waiting for the leader to evaluate its code, in evaluation round `round`.
+    fn await_evaluation(&mut self, id: &str, i: usize, round: u32) -> Result<(), StateError> {
+        let now = self.now_ms;
+        let wf = self.workflow(id)?.expect("caller loaded it");
+        let t = &mut wf.tasks[i];
+        t.awaiting_evaluation = round.max(1);
+        if t.start_time == 0 {
+            t.start_time = now;
         }
-        let condition = loop_task.workflow_task.extra_str("loopCondition").unwrap_or_default();
-        match script::eval(&condition, &Value::Object(scope), now, &script::ScriptLimits::default()) {
-            Ok(v) if script::loop_condition(&v) => {
-                let body = wf.tasks[li].workflow_task.loop_over.clone();
-                wf.tasks[li].output_data.insert("iteration".into(), json!(iteration + 1));
-                wf.tasks[li].update_time = now;
+        t.update_time = now;
+        Ok(())
+    }
+
+    /// A DO_WHILE's condition after iteration `iteration` was evaluated: start the next iteration, complete the loop,
+    /// or fail it (the condition failed, or the loop reached [`Limits::max_do_while_iterations`]).
+    pub(crate) fn loop_condition_known(
+        &mut self,
+        id: &str,
+        li: usize,
+        iteration: u32,
+        verdict: Result<bool, String>,
+    ) -> Result<(), StateError> {
+        let now = self.now_ms;
+        let max_iterations = self.limits.max_do_while_iterations;
+        let wf = self.workflow(id)?.expect("caller loaded it");
+        let def = std::sync::Arc::clone(&wf.workflow_definition);
+        let index = DefIndex::new(&def);
+        let loop_task = &mut wf.tasks[li];
+        loop_task.update_time = now;
+        match verdict {
+            Ok(true) if iteration >= max_iterations => {
+                loop_task.status = TaskStatus::Failed;
+                loop_task.reason_for_incompletion = Some(Limits::breach(
+                    "DO_WHILE asked for another iteration",
+                    "maxDoWhileIterations",
+                    max_iterations,
+                ));
+                loop_task.end_time = now;
+            }
+            Ok(true) => {
+                let body = loop_task.workflow_task.loop_over.clone();
+                loop_task.output_data.insert("iteration".into(), json!(iteration + 1));
                 if let Some(first) = body.first() {
-                    self.schedule_step(id, first, iteration + 1, index)?;
+                    self.schedule_step(id, first, iteration + 1, &index)?;
                 }
             }
-            Ok(_) => {
-                let loop_task = &mut wf.tasks[li];
+            Ok(false) => {
                 loop_task.status = TaskStatus::Completed;
                 loop_task.end_time = now;
-                loop_task.update_time = now;
             }
             Err(e) => {
-                let loop_task = &mut wf.tasks[li];
                 loop_task.status = TaskStatus::Failed;
                 loop_task.reason_for_incompletion = Some(format!("loopCondition failed: {e}"));
                 loop_task.end_time = now;
+            }
+        }
+        Ok(())
+    }
+
+    /// A SWITCH or DECISION task's case is known (or its expression failed): complete (or fail) the task; the
+    /// decider then schedules the chosen branch.
+    pub(crate) fn switch_case_known(
+        &mut self,
+        id: &str,
+        i: usize,
+        case: Result<String, String>,
+    ) -> Result<(), StateError> {
+        let now = self.now_ms;
+        let wf = self.workflow(id)?.expect("caller loaded it");
+        let t = &mut wf.tasks[i];
+        if t.start_time == 0 {
+            t.start_time = now;
+        }
+        t.update_time = now;
+        t.end_time = now;
+        match case {
+            Ok(case) if t.task_type == "DECISION" => {
+                t.output_data = single("caseOutput", json!([case]));
+                t.status = TaskStatus::Completed;
+            }
+            Ok(case) => {
+                let mut out = single("evaluationResult", json!([case]));
+                out.insert("selectedCase".into(), json!(case));
+                t.output_data = out;
+                t.status = TaskStatus::Completed;
+            }
+            Err(reason) => {
+                t.output_data = Map::new();
+                t.status = TaskStatus::Failed;
+                t.reason_for_incompletion = Some(reason);
             }
         }
         Ok(())
@@ -788,11 +888,24 @@ impl<'s, S: StateView> Exec<'s, S> {
             lease_seq: 0,
             finished_by_lease: None,
             logs: Vec::new(),
+            awaiting_evaluation: 0,
         })
     }
 
     pub(crate) fn push_task(&mut self, id: &str, mut task: Task) -> Result<(), StateError> {
+        let limit = self.limits.max_tasks_per_workflow;
         let wf = self.workflow(id)?.expect("caller loaded it");
+        if wf.tasks.len() >= usize::try_from(limit).unwrap_or(usize::MAX) {
+            if wf.status.is_terminal() {
+                return Ok(());
+            }
+            let reason = Limits::breach(
+                format_args!("task '{}' not scheduled", task.reference_task_name),
+                "maxTasksPerWorkflow",
+                limit,
+            );
+            return self.end_workflow(id.to_string(), WorkflowStatus::Failed, reason, None);
+        }
         if task.seq <= wf.tasks.last().map_or(0, |t| t.seq) {
             wf.next_seq = wf.next_seq.max(wf.tasks.len() as u32) + 1;
             task.seq = wf.next_seq;
@@ -808,22 +921,12 @@ impl<'s, S: StateView> Exec<'s, S> {
         let now = self.now_ms;
         let wf = self.workflow(id)?.expect("caller loaded it");
         let task = wf.tasks[i].clone();
-        let input = Value::Object(task.input_data.clone());
         let mut outcome = SystemOutcome::Completed(Map::new());
         match task.task_type.as_str() {
-            "SWITCH" | "DECISION" => {
-                outcome = match switch_case(&task.workflow_task, &task.input_data, now) {
-                    Ok(case) if task.task_type == "DECISION" => {
-                        SystemOutcome::Completed(single("caseOutput", json!([case])))
-                    }
-                    Ok(case) => {
-                        let mut out = single("evaluationResult", json!([case]));
-                        out.insert("selectedCase".into(), json!(case));
-                        SystemOutcome::Completed(out)
-                    }
-                    Err(e) => SystemOutcome::Failed(e, Map::new()),
-                }
-            }
+            "SWITCH" | "DECISION" => match switch_case(&task.workflow_task, &task.input_data) {
+                Some(case) => return self.switch_case_known(id, i, Ok(case)),
+                None => return self.await_evaluation(id, i, 1),
+            },
             "FORK" | "NOOP" => {}
             "FORK_JOIN_DYNAMIC" => return self.start_dynamic_fork(id, i, index),
             "TERMINATE" => return self.terminate_task(id, i),
@@ -852,31 +955,8 @@ impl<'s, S: StateView> Exec<'s, S> {
                     wf.variables.insert(k.clone(), v.clone());
                 }
             }
-            "INLINE" => {
-                let expression = task.input_data.get("expression").and_then(Value::as_str).unwrap_or_default();
-                outcome = match script::eval(expression, &input, now, &script::ScriptLimits::default()) {
-                    Ok(result) => SystemOutcome::Completed(single("result", result)),
-                    // A script error is the script's fault: terminal, as in Conductor. Running out of budget or
-                    // memory is Conductor's timeout: an ordinary, retryable failure.
-                    Err(e @ (script::ScriptError::Syntax(_) | script::ScriptError::Runtime(_))) => {
-                        SystemOutcome::FailedTerminally(e.to_string(), single("error", json!(e.to_string())))
-                    }
-                    Err(e) => SystemOutcome::Failed(e.to_string(), single("error", json!(e.to_string()))),
-                }
-            }
-            "JSON_JQ_TRANSFORM" => {
-                let query = task.input_data.get("queryExpression").and_then(Value::as_str).unwrap_or_default();
-                outcome = match jq::eval(query, &input) {
-                    Ok(results) => {
-                        let mut out = single("result", results.first().cloned().unwrap_or(Value::Null));
-                        out.insert("resultList".into(), Value::Array(results));
-                        SystemOutcome::Completed(out)
-                    }
-                    // Not a property of the query: this replica could not run it. Stop rather than diverge.
-                    Err(jq::JqError::Unavailable(e)) => return Err(StateError(format!("jq unavailable: {e}"))),
-                    Err(e) => SystemOutcome::Failed(e.to_string(), single("error", json!(e.to_string()))),
-                }
-            }
+            // User code runs on the leader, outside apply (engine::evaluation); the outcome arrives as a command.
+            "INLINE" | "JSON_JQ_TRANSFORM" => return self.await_evaluation(id, i, 1),
             "SUB_WORKFLOW" | "START_WORKFLOW" => return self.start_child(id, i),
             other => {
                 outcome = SystemOutcome::Failed(format!("task type {other} is not supported"), Map::new());
@@ -899,12 +979,6 @@ impl<'s, S: StateView> Exec<'s, S> {
             SystemOutcome::Failed(reason, out) => {
                 t.output_data = out;
                 t.status = TaskStatus::Failed;
-                t.reason_for_incompletion = Some(reason);
-                t.end_time = now;
-            }
-            SystemOutcome::FailedTerminally(reason, out) => {
-                t.output_data = out;
-                t.status = TaskStatus::FailedWithTerminalError;
                 t.reason_for_incompletion = Some(reason);
                 t.end_time = now;
             }
@@ -942,11 +1016,17 @@ impl<'s, S: StateView> Exec<'s, S> {
 
     fn start_dynamic_fork(&mut self, id: &str, i: usize, index: &DefIndex<'_>) -> Result<(), StateError> {
         let now = self.now_ms;
+        let max_forked = self.limits.max_dynamic_fork_tasks;
         let wf = self.workflow(id)?.expect("caller loaded it");
         let fork = wf.tasks[i].clone();
         let tasks_param = fork.workflow_task.extra_str("dynamicForkTasksParam").unwrap_or_default();
         let inputs_param = fork.workflow_task.extra_str("dynamicForkTasksInputParamName").unwrap_or_default();
         let parsed: Result<Vec<WorkflowTask>, String> = match fork.input_data.get(&tasks_param) {
+            // Counted before parsing: the list was built by an earlier task and may be huge.
+            Some(Value::Array(list)) if list.len() > usize::try_from(max_forked).unwrap_or(usize::MAX) => {
+                let what = format_args!("{} tasks to fork", list.len());
+                Err(Limits::breach(what, "maxDynamicForkTasks", max_forked))
+            }
             Some(v) => serde_json::from_value(v.clone()).map_err(|e| format!("{tasks_param}: {e}")),
             None => Err(format!("input '{tasks_param}' (dynamicForkTasksParam) is missing")),
         };
@@ -1003,9 +1083,19 @@ impl<'s, S: StateView> Exec<'s, S> {
             )
         } else {
             let param = task.workflow_task.extra.get("subWorkflowParam").cloned().unwrap_or(Value::Null);
+            // The name and version may be expressions, resolved now (Conductor's SubWorkflowTaskMapper); an inline
+            // definition's own expressions are the child's, left alone.
+            let roots = WorkflowRoots { wf };
+            let name = param.get("name").map(|n| expr::resolve(n, &roots));
+            let version = param.get("version").map(|v| expr::resolve(v, &roots));
+            let version = match version {
+                Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
+                Some(v) => v.as_u64(),
+                None => None,
+            };
             (
-                param.get("name").and_then(Value::as_str).map(str::to_string),
-                param.get("version").and_then(Value::as_u64).and_then(|v| u32::try_from(v).ok()),
+                name.as_ref().and_then(Value::as_str).map(str::to_string),
+                version.and_then(|v| u32::try_from(v).ok()),
                 param.get("workflowDefinition").cloned(),
                 task.input_data.clone(),
                 correlation_id,
@@ -1018,6 +1108,8 @@ impl<'s, S: StateView> Exec<'s, S> {
                 None => None,
             },
         };
+        let depth = self.workflow(id)?.expect("caller loaded it").start_depth.saturating_add(1);
+        let refused = self.start_refusal(depth);
         let wf = self.workflow(id)?.expect("caller loaded it");
         let t = &mut wf.tasks[i];
         t.start_time = now;
@@ -1029,6 +1121,12 @@ impl<'s, S: StateView> Exec<'s, S> {
             t.end_time = now;
             return Ok(());
         };
+        if let Some(reason) = refused {
+            t.status = TaskStatus::FailedWithTerminalError;
+            t.reason_for_incompletion = Some(format!("{}: workflow '{}' not started: {reason}", t.task_type, def.name));
+            t.end_time = now;
+            return Ok(());
+        }
         let child_id = derive_id(&format!("{}/child/{}", task.workflow_instance_id, task.task_id));
         t.sub_workflow_id = Some(child_id.clone());
         t.output_data.insert("subWorkflowId".into(), json!(child_id));
@@ -1040,10 +1138,35 @@ impl<'s, S: StateView> Exec<'s, S> {
             t.status = TaskStatus::InProgress;
         }
         let parent = (!fire_and_forget).then(|| (id.to_string(), task.task_id.clone()));
-        let child = new_workflow(child_id.clone(), def, input, corr, priority, parent, now);
+        let mut child = new_workflow(child_id.clone(), def, input, corr, priority, parent, now);
+        child.start_depth = depth;
         self.insert(child);
-        self.schedule_decide(&child_id);
-        self.start(&child_id)
+        self.queue_start(&child_id);
+        Ok(())
+    }
+
+    /// Why a workflow at start depth `depth` may not be started by this command, if it may not: the chain is too
+    /// long ([`Limits::max_start_depth`]) or the command started too many ([`Limits::max_starts_per_command`]).
+    fn start_refusal(&self, depth: u32) -> Option<String> {
+        if depth > self.limits.max_start_depth {
+            return Some(Limits::breach("a chain of workflow starts", "maxStartDepth", self.limits.max_start_depth));
+        }
+        if self.starts >= self.limits.max_starts_per_command {
+            let limit = self.limits.max_starts_per_command;
+            return Some(Limits::breach("too many workflows started by one command", "maxStartsPerCommand", limit));
+        }
+        None
+    }
+
+    /// Counts a start against this command's bound. Call before [`Exec::start`] or [`Exec::queue_start`].
+    pub fn count_start(&mut self) {
+        self.starts = self.starts.saturating_add(1);
+    }
+
+    /// Queues a workflow created by this command to be started once the current decision is done.
+    fn queue_start(&mut self, id: &str) {
+        self.count_start();
+        self.to_start.push_back(id.to_string());
     }
 
     /// Schedules the first step of a new workflow (or completes it when it has none).
@@ -1085,6 +1208,7 @@ impl<'s, S: StateView> Exec<'s, S> {
         let mut children = Vec::new();
         for t in wf.tasks.iter_mut().filter(|t| !t.status.is_terminal()) {
             t.status = TaskStatus::Canceled;
+            t.awaiting_evaluation = 0;
             t.end_time = now;
             t.update_time = now;
             t.executed = true;
@@ -1185,14 +1309,25 @@ impl<'s, S: StateView> Exec<'s, S> {
         if self.exists(&id)? || map_nests_deeper_than(&input, 4 * MAX_VALUE_DEPTH) {
             return Ok(());
         }
-        let wf =
+        let depth = failed.start_depth.saturating_add(1);
+        if let Some(reason) = self.start_refusal(depth) {
+            if let Some(failed_wf) = self.workflow(&failed.workflow_id)? {
+                let said = failed_wf.reason_for_incompletion.take().unwrap_or_default();
+                failed_wf.reason_for_incompletion =
+                    Some(format!("{said} (failure workflow '{name}' not started: {reason})").trim_start().to_string());
+            }
+            return Ok(());
+        }
+        let mut wf =
             new_workflow(id.clone(), def, input, failed.correlation_id.clone(), failed.priority, None, self.now_ms);
+        wf.start_depth = depth;
         self.insert(wf);
         if let Some(failed_wf) = self.workflow(&failed.workflow_id)? {
             failed_wf.failure_workflow_id = Some(id.clone());
             failed_wf.output.insert("conductor.failure_workflow".into(), json!(id));
         }
-        self.start(&id)
+        self.queue_start(&id);
+        Ok(())
     }
 }
 
@@ -1201,7 +1336,6 @@ enum SystemOutcome {
     /// In progress until this time (0: until updated or completed by the engine).
     InProgress(u64),
     Failed(String, Map<String, Value>),
-    FailedTerminally(String, Map<String, Value>),
 }
 
 fn single(key: &str, value: Value) -> Map<String, Value> {
@@ -1255,26 +1389,21 @@ fn is_engine_task(task: &Task) -> bool {
     is_system_type(&task.task_type)
 }
 
-/// The case a SWITCH/DECISION picks (as a string).
-fn switch_case(step: &WorkflowTask, input: &Map<String, Value>, now_ms: u64) -> Result<String, String> {
+/// The case a SWITCH/DECISION picks (as a string) when no code decides it (`value-param`, `caseValueParam`);
+/// `None` when a JavaScript expression does, which the leader evaluates (engine::evaluation).
+fn switch_case(step: &WorkflowTask, input: &Map<String, Value>) -> Option<String> {
     let evaluator = step.extra_str("evaluatorType");
     let expression = step.extra_str("expression").or_else(|| step.extra_str("caseExpression"));
     let value = match (evaluator.as_deref(), expression) {
-        (Some("javascript") | Some("graaljs"), Some(expr)) => {
-            script::eval(&expr, &Value::Object(input.clone()), now_ms, &script::ScriptLimits::default())
-                .map_err(|e| format!("SWITCH expression failed: {e}"))?
-        }
-        (None, Some(expr)) if step.task_type == "DECISION" => {
-            script::eval(&expr, &Value::Object(input.clone()), now_ms, &script::ScriptLimits::default())
-                .map_err(|e| format!("DECISION caseExpression failed: {e}"))?
-        }
+        (Some("javascript") | Some("graaljs"), Some(_)) => return None,
+        (None, Some(_)) if step.task_type == "DECISION" => return None,
         (Some("value-param"), Some(param)) => input.get(&param).cloned().unwrap_or(Value::Null),
         _ => {
             let param = step.extra_str("caseValueParam").unwrap_or_default();
             input.get(&param).cloned().unwrap_or(Value::Null)
         }
     };
-    Ok(script::switch_case(&value))
+    Some(script::switch_case(&value))
 }
 
 /// When a WAIT task ends: `duration` ("10s", "2m", "1h 30m", "1d") or `until` ("2024-01-31 10:00 UTC" style,
@@ -1500,5 +1629,7 @@ pub fn new_workflow(
         next_seq: 0,
         failure_workflow_id: None,
         next_tick_ms: 0,
+        start_depth: 0,
+        decision_pending: false,
     }
 }

@@ -12,9 +12,11 @@
 //! not be read, which is fatal for the node.
 
 pub mod definitions;
+pub mod evaluation;
 pub mod exec;
 pub mod expr;
 pub mod jq;
+pub mod limits;
 pub mod memory;
 pub mod model;
 pub mod ops;
@@ -195,6 +197,18 @@ pub enum Command {
         #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
+    /// The outcome of a task's code, evaluated by the leader outside apply (proposed by the leader's evaluator;
+    /// see [`evaluation`]). Applied only while the task still waits for that round.
+    Evaluated {
+        /// The workflow.
+        workflow_id: String,
+        /// The task.
+        task_id: String,
+        /// The evaluation round the task waited for ([`model::Task::awaiting_evaluation`]).
+        round: u32,
+        /// What the code gave.
+        outcome: evaluation::EvalOutcome,
+    },
 }
 
 /// Longest key a [`Command::BenchWrite`] may name, bytes.
@@ -227,6 +241,7 @@ impl Command {
             Command::DeleteTaskDef { .. } => "delete_task_def",
             Command::DeleteWorkflowDef { .. } => "delete_workflow_def",
             Command::BenchWrite { .. } => "bench_write",
+            Command::Evaluated { .. } => "evaluated",
         }
     }
 
@@ -281,6 +296,36 @@ impl Command {
                     message: format!("a bench key is 1 to {MAX_BENCH_KEY_BYTES} bytes long, not {}", key.len()),
                 }]
             }
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl Command {
+    /// Every problem with the code the command's definitions carry (JavaScript that does not parse, jq that does
+    /// not compile). Checked before proposing only, never in apply: see
+    /// [`validate_workflow_code`](definitions::validate_workflow_code).
+    pub fn validate_code(&self) -> Vec<FieldError> {
+        let indexed = |i: usize, n: usize, errs: Vec<FieldError>| -> Vec<FieldError> {
+            if n == 1 {
+                return errs;
+            }
+            errs.into_iter().map(|e| FieldError { path: format!("[{i}].{}", e.path), message: e.message }).collect()
+        };
+        match self {
+            Command::RegisterWorkflowDef { def, .. } => definitions::validate_workflow_code(def),
+            Command::UpdateWorkflowDefs { defs } => defs
+                .iter()
+                .enumerate()
+                .flat_map(|(i, d)| indexed(i, defs.len(), definitions::validate_workflow_code(d)))
+                .collect(),
+            Command::StartWorkflow(req) => match &req.definition {
+                Some(def) => definitions::validate_workflow_code(def)
+                    .into_iter()
+                    .map(|e| FieldError { path: format!("workflowDef.{}", e.path), message: e.message })
+                    .collect(),
+                None => Vec::new(),
+            },
             _ => Vec::new(),
         }
     }
@@ -722,6 +767,9 @@ fn apply_workflow_command(state: &impl StateView, at_ms: u64, command: &Command)
         }
         Command::ExtendLease { workflow_id, task_id, lease } => {
             exec.op_extend_lease(workflow_id, task_id, *lease)?.map(|()| CommandResponse::Done)
+        }
+        Command::Evaluated { workflow_id, task_id, round, outcome } => {
+            exec.op_evaluated(workflow_id, task_id, *round, outcome)?.map(|()| CommandResponse::Done)
         }
         Command::Batch(_) => unreachable!("batches are split by apply()"),
         Command::RegisterTaskDefs { .. }

@@ -201,6 +201,11 @@ pub struct Task {
     /// Lines the worker logged for this attempt (at most [`MAX_TASK_LOGS`], the oldest dropped first).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<TaskLog>,
+    /// The evaluation round this task waits for (its code runs on the leader, outside apply: see
+    /// [`evaluation`](super::evaluation)); 0 when it waits for none. 1 for INLINE, JSON_JQ_TRANSFORM, SWITCH and
+    /// DECISION; the iteration just finished for a DO_WHILE's condition.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub awaiting_evaluation: u32,
 }
 
 impl Task {
@@ -237,6 +242,7 @@ impl Task {
         // the id) can never match a lease handed out after it.
         self.finished_by_lease = None;
         self.logs.clear();
+        self.awaiting_evaluation = 0;
     }
 }
 
@@ -374,6 +380,13 @@ pub struct Workflow {
     /// When the leader must next apply a `Tick` (a timeout, a WAIT's end), ms since the Unix epoch; 0 when none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub next_tick_ms: u64,
+    /// How many starts led to this workflow: 0 for one started by a client, its starter's depth + 1 for a
+    /// sub-workflow, a START_WORKFLOW child or a failure workflow. Bounded by the `maxStartDepth` limit.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub start_depth: u32,
+    /// The decider stopped at its per-command step limit with work left: the next `Tick` (due at once) goes on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub decision_pending: bool,
 }
 
 impl Workflow {

@@ -184,6 +184,7 @@ impl<S: StateView> Exec<'_, S> {
         if let Some(key) = req.idempotency_key.as_deref().filter(|k| !k.is_empty()) {
             self.record_idempotency_key(key, &req.workflow_id);
         }
+        self.count_start();
         self.start(&req.workflow_id)?;
         Ok(Ok(req.workflow_id.clone()))
     }
@@ -509,6 +510,7 @@ impl<S: StateView> Exec<'_, S> {
         reopen(wf, now);
         wf.tasks.clear();
         wf.start_time = now;
+        self.count_start();
         self.start(workflow_id)?;
         Ok(Ok(()))
     }
@@ -543,6 +545,7 @@ impl<S: StateView> Exec<'_, S> {
             }
             reopen(wf, now);
             wf.tasks.clear();
+            self.count_start();
             self.start(workflow_id)?;
             return Ok(Ok(()));
         }

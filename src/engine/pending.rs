@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::evaluation::awaiting;
 use super::exec::is_system_type;
 use super::model::{TaskStatus, Workflow, WorkflowStatus};
 
@@ -43,6 +44,8 @@ struct Entries {
     tick: u64,
     /// (poll id, task id) of each leased task.
     leased: Vec<(String, String)>,
+    /// Task ids waiting for an evaluation.
+    evaluating: Vec<String>,
 }
 
 /// Ready tasks per queue and timers per workflow.
@@ -56,6 +59,8 @@ pub struct PendingIndex {
     timers: BTreeSet<(u64, String)>,
     /// poll id -> (workflow id, task id) of the IN_PROGRESS tasks that poll leased.
     polls: BTreeMap<String, BTreeSet<(String, String)>>,
+    /// (workflow id, task id) -> round, of the tasks of running workflows that wait for their code to be evaluated.
+    evaluations: BTreeMap<(String, String), u32>,
 }
 
 impl PendingIndex {
@@ -85,18 +90,28 @@ impl PendingIndex {
                 keys.push((queue, key));
             }
         }
+        let mut evaluating = Vec::new();
+        if wf.status == WorkflowStatus::Running {
+            for (task_id, round) in awaiting(wf) {
+                self.evaluations.insert((wf.workflow_id.clone(), task_id.to_string()), round);
+                evaluating.push(task_id.to_string());
+            }
+        }
         let tick = wf.next_tick_ms;
         if tick > 0 {
             self.timers.insert((tick, wf.workflow_id.clone()));
         }
-        if !keys.is_empty() || tick > 0 || !leased.is_empty() {
-            self.entries.insert(wf.workflow_id.clone(), Entries { queued: keys, tick, leased });
+        if !keys.is_empty() || tick > 0 || !leased.is_empty() || !evaluating.is_empty() {
+            self.entries.insert(wf.workflow_id.clone(), Entries { queued: keys, tick, leased, evaluating });
         }
     }
 
     /// Forgets a workflow.
     pub fn remove(&mut self, workflow_id: &str) {
-        if let Some(Entries { queued, tick, leased }) = self.entries.remove(workflow_id) {
+        if let Some(Entries { queued, tick, leased, evaluating }) = self.entries.remove(workflow_id) {
+            for task_id in evaluating {
+                self.evaluations.remove(&(workflow_id.to_string(), task_id));
+            }
             for (poll, task_id) in leased {
                 if let Some(tasks) = self.polls.get_mut(&poll) {
                     tasks.remove(&(workflow_id.to_string(), task_id));
@@ -141,6 +156,22 @@ impl PendingIndex {
     /// Workflows whose timer is due at `now_ms`, earliest first, at most `limit`.
     pub fn due(&self, now_ms: u64, limit: usize) -> Vec<String> {
         self.timers.iter().take_while(|(at, _)| *at <= now_ms).take(limit).map(|(_, id)| id.clone()).collect()
+    }
+
+    /// Up to `limit` tasks waiting for an evaluation, (workflow id, task id, round), leaving out `skip` (those
+    /// already being evaluated).
+    pub fn evaluations(&self, limit: usize, skip: &BTreeSet<(String, String)>) -> Vec<(String, String, u32)> {
+        self.evaluations
+            .iter()
+            .filter(|(key, _)| !skip.contains(*key))
+            .take(limit)
+            .map(|((w, t), round)| (w.clone(), t.clone(), *round))
+            .collect()
+    }
+
+    /// How many tasks wait for an evaluation.
+    pub fn evaluations_waiting(&self) -> usize {
+        self.evaluations.len()
     }
 
     /// The earliest timer.

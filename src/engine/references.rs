@@ -3,7 +3,7 @@
 //! is registered and when one is submitted inline, so a bad reference is refused up front instead of failing a
 //! running workflow.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde_json::Value;
 
@@ -25,22 +25,50 @@ fn steps(def: &WorkflowDef) -> Vec<(String, &WorkflowTask)> {
     out
 }
 
-/// The sub-workflows a definition starts by name: (path, name, version).
-fn sub_workflows(def: &WorkflowDef) -> Vec<(String, String, Option<u32>)> {
+/// A workflow a definition starts by a literal name: SUB_WORKFLOW's `subWorkflowParam` or START_WORKFLOW's
+/// `inputParameters.startWorkflow`.
+struct Started {
+    /// JSON path of the name.
+    path: String,
+    name: String,
+    version: Option<u32>,
+    /// SUB_WORKFLOW (must be registered) or START_WORKFLOW (may be registered later).
+    sub_workflow: bool,
+}
+
+/// The workflows a definition starts by a literal name. Names from `${...}` and inline definitions are left out: the
+/// start depth bound stops those chains when they run.
+fn started_workflows(def: &WorkflowDef) -> Vec<Started> {
+    let literal = |v: &Value| v.as_str().filter(|n| !n.contains("${")).map(str::to_string);
+    let version = |v: &Value| v.get("version").and_then(Value::as_u64).and_then(|v| u32::try_from(v).ok());
     steps(def)
         .into_iter()
-        .filter(|(_, t)| t.task_type == "SUB_WORKFLOW")
-        .filter_map(|(path, t)| {
-            let param = t.extra.get("subWorkflowParam")?;
-            if param.get("workflowDefinition").is_some() {
-                return None;
+        .filter_map(|(path, t)| match t.task_type.as_str() {
+            "SUB_WORKFLOW" => {
+                let param = t.extra.get("subWorkflowParam")?;
+                if param.get("workflowDefinition").is_some() {
+                    return None;
+                }
+                Some(Started {
+                    path: format!("{path}.subWorkflowParam.name"),
+                    name: literal(param.get("name")?)?,
+                    version: version(param),
+                    sub_workflow: true,
+                })
             }
-            let name = param.get("name")?.as_str()?.to_string();
-            if name.contains("${") {
-                return None;
+            "START_WORKFLOW" => {
+                let request = t.input_parameters.get("startWorkflow")?;
+                if request.get("workflowDefinition").is_some() {
+                    return None;
+                }
+                Some(Started {
+                    path: format!("{path}.inputParameters.startWorkflow.name"),
+                    name: literal(request.get("name")?)?,
+                    version: version(request),
+                    sub_workflow: false,
+                })
             }
-            let version = param.get("version").and_then(Value::as_u64).and_then(|v| u32::try_from(v).ok());
-            Some((format!("{path}.subWorkflowParam.name"), name, version))
+            _ => None,
         })
         .collect()
 }
@@ -62,55 +90,74 @@ pub fn check(state: &impl StateView, def: &WorkflowDef, batch: &[WorkflowDef]) -
             });
         }
     }
-    let in_batch = |name: &str, version: Option<u32>| {
-        batch.iter().find(|d| d.name == name && version.is_none_or(|v| i64::from(v) == d.version)).cloned()
+    let lookup = |name: &str, version: Option<u32>| -> Result<Option<WorkflowDef>, StateError> {
+        if let Some(d) = batch.iter().find(|d| d.name == name && version.is_none_or(|v| i64::from(v) == d.version)) {
+            return Ok(Some(d.clone()));
+        }
+        match version {
+            Some(v) => state.workflow_def(name, v),
+            None => state.latest_workflow_def(name),
+        }
     };
-    for (path, name, version) in sub_workflows(def) {
+    for started in started_workflows(def) {
+        let Started { path, name, version, sub_workflow } = started;
         if name == def.name {
-            errors.push(FieldError { path, message: format!("workflow \"{name}\" starts itself as a sub-workflow") });
+            let how = if sub_workflow { "as a sub-workflow" } else { "with START_WORKFLOW" };
+            errors.push(FieldError { path, message: format!("workflow \"{name}\" starts itself {how}") });
             continue;
         }
-        let found = match in_batch(&name, version) {
-            Some(d) => Some(d),
-            None => match version {
-                Some(v) => state.workflow_def(&name, v)?,
-                None => state.latest_workflow_def(&name)?,
-            },
-        };
-        let Some(child) = found else {
-            let v = version.map_or("any version".to_string(), |v| format!("version {v}"));
-            errors.push(FieldError { path, message: format!("no workflow definition \"{name}\" ({v}) is registered") });
+        let Some(child) = lookup(&name, version)? else {
+            if sub_workflow {
+                let v = version.map_or("any version".to_string(), |v| format!("version {v}"));
+                errors.push(FieldError {
+                    path,
+                    message: format!("no workflow definition \"{name}\" ({v}) is registered"),
+                });
+            }
             continue;
         };
-        // Follow the chain: a cycle back to `def` would start sub-workflows forever.
-        let mut seen = BTreeSet::from([def.name.clone()]);
-        let mut frontier = vec![child];
-        while let Some(current) = frontier.pop() {
-            if !seen.insert(current.name.clone()) {
-                continue;
-            }
-            for (_, next, next_version) in sub_workflows(&current) {
-                if next == def.name {
-                    errors.push(FieldError {
-                        path: path.clone(),
-                        message: format!(
-                            "sub-workflow chain {} -> {} -> ... -> {} is recursive",
-                            def.name, name, def.name
-                        ),
-                    });
-                    frontier.clear();
-                    break;
-                }
-                let found = match in_batch(&next, next_version) {
-                    Some(d) => Some(d),
-                    None => match next_version {
-                        Some(v) => state.workflow_def(&next, v)?,
-                        None => state.latest_workflow_def(&next)?,
-                    },
-                };
-                frontier.extend(found);
-            }
+        if let Some(chain) = chain_back_to(&def.name, child, &lookup)? {
+            errors.push(FieldError {
+                path,
+                message: format!("workflow start chain {} is recursive", chain.join(" -> ")),
+            });
         }
     }
     Ok(errors)
+}
+
+/// The chain of starts from `child` that leads back to `root`, if one does: `[root, child, ..., root]`. Breadth
+/// first, each definition visited once, so the walk is bounded by the number of definitions reachable.
+fn chain_back_to(
+    root: &str,
+    child: WorkflowDef,
+    lookup: &impl Fn(&str, Option<u32>) -> Result<Option<WorkflowDef>, StateError>,
+) -> Result<Option<Vec<String>>, StateError> {
+    // name -> the name that starts it (on the first path found).
+    let mut came_from: BTreeMap<String, String> = BTreeMap::from([(child.name.clone(), root.to_string())]);
+    let mut frontier = VecDeque::from([child]);
+    while let Some(current) = frontier.pop_front() {
+        for next in started_workflows(&current) {
+            if next.name == root {
+                let mut chain = vec![root.to_string(), current.name.clone()];
+                let mut at = current.name.clone();
+                while let Some(prev) = came_from.get(&at).filter(|p| p.as_str() != root) {
+                    chain.push(prev.clone());
+                    at = prev.clone();
+                }
+                chain.push(root.to_string());
+                // Built from the end: [root, current, ..., child, root] reversed is the path in start order.
+                chain.reverse();
+                return Ok(Some(chain));
+            }
+            if came_from.contains_key(&next.name) {
+                continue;
+            }
+            if let Some(found) = lookup(&next.name, next.version)? {
+                came_from.insert(next.name.clone(), current.name.clone());
+                frontier.push_back(found);
+            }
+        }
+    }
+    Ok(None)
 }

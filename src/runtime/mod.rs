@@ -8,6 +8,7 @@
 //! command, so a task already taken is never granted again, whichever node asked.
 
 pub mod dispatch;
+pub mod evaluate;
 pub mod timers;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -153,8 +153,13 @@ impl Db {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_keep_log_file_num(4);
-        // Debian's librocksdb logs every WAL sync at DEBUG: a formatted line and a write per committed entry.
-        opts.set_log_level(rocksdb::LogLevel::Info);
+        // RocksDB's own LOG (in the data dir) gets its header (the options) and FATAL lines only. Debian's
+        // librocksdb is built with assertions on, and its LOG writer asserts when written to after a failed write:
+        // on a full disk the WAL error's ERROR line fails to reach the LOG, and the next line aborts the process
+        // (SIGABRT) before Raft can stop and the node exit with its own code (tests/fatal_storage.rs). At WARN and
+        // ERROR it still aborted; at FATAL the failed writes come back as errors. The cost: no flush and compaction
+        // events in the LOG. (DEBUG wrote a line per WAL sync.)
+        opts.set_log_level(rocksdb::LogLevel::Fatal);
         // See the module's durability note: unsynced writes wait in RocksDB's buffer for the next sync.
         opts.set_manual_wal_flush(true);
         // Table files (flushes, compactions) are handed to the disk a MiB at a time as they are written, not all at

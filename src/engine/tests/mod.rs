@@ -3,6 +3,7 @@
 
 mod conductor_documents;
 mod leases;
+mod limits;
 mod operations;
 mod properties;
 mod task_types;
@@ -16,6 +17,7 @@ use serde_json::{json, Map, Value};
 use super::definitions::{parse_json, TaskDef, WorkflowDef};
 use super::model::{Task, TaskStatus, Workflow, WorkflowStatus};
 use super::ops::{StartWorkflow, TaskUpdate};
+use super::evaluation::{evaluate, request_for};
 use super::{apply, Command, CommandResponse, Proposal};
 
 pub use crate::engine::memory::MemoryState as MemState;
@@ -32,11 +34,35 @@ impl World {
         World { state: MemState::default(), now_ms: 1_700_000_000_000, next_id: 0 }
     }
 
-    /// Applies one command at the current time.
+    /// Applies one command at the current time, then plays the leader's evaluator: every task left waiting for
+    /// its code (INLINE, JSON_JQ_TRANSFORM, a SWITCH's JavaScript, a DO_WHILE's condition) is evaluated in-process
+    /// and its outcome applied as a `Command::Evaluated`, until none waits.
     pub fn run(&mut self, command: Command) -> CommandResponse {
+        let response = self.apply_only(command);
+        self.evaluate_waiting();
+        response
+    }
+
+    /// Applies one command at the current time and nothing else.
+    pub fn apply_only(&mut self, command: Command) -> CommandResponse {
         let applied = apply(&self.state, &Proposal { at_ms: self.now_ms, command }).expect("memory state never fails");
         self.state.write(applied.mutations);
         applied.response
+    }
+
+    /// Evaluates, as the leader would, every task of a running workflow that waits for its code.
+    pub fn evaluate_waiting(&mut self) {
+        loop {
+            let next = self.state.workflows.values().filter(|wf| wf.status == WorkflowStatus::Running).find_map(|wf| {
+                let task = wf.tasks.iter().find(|t| t.awaiting_evaluation > 0)?;
+                let request = request_for(task, self.now_ms).expect("a waiting task has a request");
+                Some((wf.workflow_id.clone(), task.task_id.clone(), task.awaiting_evaluation, request))
+            });
+            let Some((workflow_id, task_id, round, request)) = next else { return };
+            let outcome = evaluate(&request);
+            let response = self.apply_only(Command::Evaluated { workflow_id, task_id, round, outcome });
+            assert_eq!(response, CommandResponse::Done);
+        }
     }
 
     pub fn task_def(&mut self, json: Value) {

@@ -339,15 +339,15 @@ fn definitions_with_malformed_expressions_or_scripts_are_refused_with_their_path
         .to_string(),
     )
     .expect("parses");
-    let response = w.run(Command::RegisterWorkflowDef { def, overwrite: false });
+    let command = Command::RegisterWorkflowDef { def, overwrite: false };
+    // Code is compiled before the log only (never in apply): the API refuses the script with its path.
+    let code_paths: Vec<_> = command.validate_code().into_iter().map(|e| e.path).collect();
+    assert_eq!(code_paths, ["tasks[1].expression"]);
+    let response = w.run(command);
     let CommandResponse::Rejected(rejection) = response else { panic!("expected a rejection") };
     let paths: Vec<_> = rejection.field_errors.iter().map(|e| e.path.as_str()).collect();
-    for expected in [
-        "tasks[0].inputParameters.x",
-        "tasks[1].expression",
-        "tasks[2].loopCondition",
-        "tasks[3].inputParameters.terminationStatus",
-    ] {
+    for expected in ["tasks[0].inputParameters.x", "tasks[2].loopCondition", "tasks[3].inputParameters.terminationStatus"]
+    {
         assert!(paths.contains(&expected), "{expected} not in {paths:?}");
     }
     assert!(w.state.workflow_defs.is_empty());
