@@ -81,8 +81,10 @@ async fn poisons_fail_their_own_workflow_and_nothing_else() -> Result<()> {
 
     // Thousands of distinct jq queries in one definition: compiled once, before the log; apply compiles none.
     let queries: Vec<Value> = (0..2000)
-        .map(|i| json!({"name": "q", "taskReferenceName": format!("q{i}"), "type": "JSON_JQ_TRANSFORM",
-                        "inputParameters": {"queryExpression": format!(".x + {i}")}}))
+        .map(|i| {
+            json!({"name": "q", "taskReferenceName": format!("q{i}"), "type": "JSON_JQ_TRANSFORM",
+                        "inputParameters": {"queryExpression": format!(".x + {i}")}})
+        })
         .collect();
     let registering = std::time::Instant::now();
     register(follower, json!({"name": "many_queries", "tasks": queries})).await?;
@@ -103,15 +105,21 @@ async fn poisons_fail_their_own_workflow_and_nothing_else() -> Result<()> {
     let poisons: Vec<(&str, Value, Value, &str)> = vec![
         (
             "jq_repeat",
-            one_task("jq_repeat", json!({"name": "q", "taskReferenceName": "q", "type": "JSON_JQ_TRANSFORM",
-                "inputParameters": {"queryExpression": "(.s * 1000000000000) | length", "s": "${workflow.input.s}"}})),
+            one_task(
+                "jq_repeat",
+                json!({"name": "q", "taskReferenceName": "q", "type": "JSON_JQ_TRANSFORM",
+                "inputParameters": {"queryExpression": "(.s * 1000000000000) | length", "s": "${workflow.input.s}"}}),
+            ),
             json!({"s": "x"}),
             "memory limit",
         ),
         (
             "recurse",
-            one_task("recurse", json!({"name": "s", "taskReferenceName": "s", "type": "SUB_WORKFLOW",
-                "subWorkflowParam": {"name": "${workflow.input.name}"}, "inputParameters": {"name": "${workflow.input.name}"}})),
+            one_task(
+                "recurse",
+                json!({"name": "s", "taskReferenceName": "s", "type": "SUB_WORKFLOW",
+                "subWorkflowParam": {"name": "${workflow.input.name}"}, "inputParameters": {"name": "${workflow.input.name}"}}),
+            ),
             json!({"name": "recurse"}),
             "maxStartDepth",
         ),
@@ -125,9 +133,12 @@ async fn poisons_fail_their_own_workflow_and_nothing_else() -> Result<()> {
         ("js_deep", one_task("js_deep", inline("deep", deep_js)), json!({}), "nests deeper"),
         (
             "jq_deep",
-            one_task("jq_deep", json!({"name": "q", "taskReferenceName": "q", "type": "JSON_JQ_TRANSFORM",
+            one_task(
+                "jq_deep",
+                json!({"name": "q", "taskReferenceName": "q", "type": "JSON_JQ_TRANSFORM",
                 // 60,000 levels: as deep as the default step budget lets a query build.
-                "inputParameters": {"queryExpression": "reduce range(60000) as $i (0; [.])"}})),
+                "inputParameters": {"queryExpression": "reduce range(60000) as $i (0; [.])"}}),
+            ),
             json!({}),
             "nests deeper",
         ),

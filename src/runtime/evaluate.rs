@@ -98,7 +98,9 @@ impl Job {
 
     async fn evaluate(&self, workflow_id: &str, task_id: &str, round: u32) {
         let request = match self.reader.workflow(workflow_id) {
-            Ok(Some(wf)) => wf.task(task_id).filter(|t| t.awaiting_evaluation == round).and_then(|t| request_for(t, now_ms())),
+            Ok(Some(wf)) => {
+                wf.task(task_id).filter(|t| t.awaiting_evaluation == round).and_then(|t| request_for(t, now_ms()))
+            }
             Ok(None) => None,
             Err(e) => {
                 tracing::warn!(error = %e, workflow_id, "evaluator could not read the workflow");

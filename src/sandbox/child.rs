@@ -17,9 +17,7 @@ use crate::engine::evaluation::{evaluate, EvalRequest};
 /// child's whole CPU time, a backstop under the parent's per-evaluation wall-clock kill.
 pub fn serve(memory_bytes: u64, cpu_seconds: u64) -> std::io::Result<()> {
     let baseline = current_address_space().unwrap_or(256 << 20);
-    let limit = baseline
-        .saturating_add(crate::engine::jq::WORKER_STACK_BYTES as u64)
-        .saturating_add(memory_bytes);
+    let limit = baseline.saturating_add(crate::engine::jq::WORKER_STACK_BYTES as u64).saturating_add(memory_bytes);
     setrlimit(Resource::RLIMIT_AS, limit, limit).map_err(std::io::Error::from)?;
     setrlimit(Resource::RLIMIT_CPU, cpu_seconds, cpu_seconds.saturating_add(1)).map_err(std::io::Error::from)?;
     let stdin = std::io::stdin();

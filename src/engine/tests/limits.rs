@@ -190,7 +190,8 @@ fn a_dynamic_fork_wider_than_the_limit_fails_before_parsing_its_list() {
 fn a_workflow_that_would_pass_the_task_limit_fails_naming_it() {
     let mut w = World::new();
     // Twelve tasks an iteration: the task limit comes before the iteration limit.
-    let body: Vec<_> = (0..12).map(|i| json!({"name": "n", "taskReferenceName": format!("n{i}"), "type": "NOOP"})).collect();
+    let body: Vec<_> =
+        (0..12).map(|i| json!({"name": "n", "taskReferenceName": format!("n{i}"), "type": "NOOP"})).collect();
     w.workflow_def(json!({"name": "grow", "tasks": [
         {"name": "loop", "taskReferenceName": "loop", "type": "DO_WHILE", "loopCondition": "true", "loopOver": body}]}));
     let id = w.start("grow", json!({}));
@@ -207,4 +208,3 @@ fn a_workflow_that_would_pass_the_task_limit_fails_naming_it() {
     let reason = wf.reason_for_incompletion.clone().unwrap_or_default();
     assert!(reason.contains(&format!("maxTasksPerWorkflow = {max}")), "{reason}");
 }
-

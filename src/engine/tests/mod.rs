@@ -15,9 +15,9 @@ use std::collections::BTreeMap;
 use serde_json::{json, Map, Value};
 
 use super::definitions::{parse_json, TaskDef, WorkflowDef};
+use super::evaluation::{evaluate, request_for};
 use super::model::{Task, TaskStatus, Workflow, WorkflowStatus};
 use super::ops::{StartWorkflow, TaskUpdate};
-use super::evaluation::{evaluate, request_for};
 use super::{apply, Command, CommandResponse, Proposal};
 
 pub use crate::engine::memory::MemoryState as MemState;

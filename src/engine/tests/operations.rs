@@ -346,7 +346,8 @@ fn definitions_with_malformed_expressions_or_scripts_are_refused_with_their_path
     let response = w.run(command);
     let CommandResponse::Rejected(rejection) = response else { panic!("expected a rejection") };
     let paths: Vec<_> = rejection.field_errors.iter().map(|e| e.path.as_str()).collect();
-    for expected in ["tasks[0].inputParameters.x", "tasks[2].loopCondition", "tasks[3].inputParameters.terminationStatus"]
+    for expected in
+        ["tasks[0].inputParameters.x", "tasks[2].loopCondition", "tasks[3].inputParameters.terminationStatus"]
     {
         assert!(paths.contains(&expected), "{expected} not in {paths:?}");
     }
