@@ -10,10 +10,9 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use openraft::ServerState;
 use tokio_util::sync::CancellationToken;
 
-use super::now_ms;
+use super::{leading, now_ms};
 use crate::engine::evaluation::request_for;
 use crate::engine::Command;
 use crate::raft::proposer::Proposer;
@@ -42,16 +41,8 @@ pub async fn run(
     let mut metrics = raft.metrics();
     let in_flight: InFlight = Arc::default();
     loop {
-        if shutdown.is_cancelled() {
+        if !leading(&mut metrics, &shutdown).await {
             return;
-        }
-        let leading = metrics.borrow().state == ServerState::Leader;
-        if !leading {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                changed = metrics.changed() => if changed.is_err() { return },
-            }
-            continue;
         }
         let changed = pending.changed();
         tokio::pin!(changed);

@@ -5,10 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::ServerState;
 use tokio_util::sync::CancellationToken;
 
-use super::now_ms;
+use super::{leading, now_ms};
 use crate::engine::Command;
 use crate::raft::proposer::Proposer;
 use crate::raft::Raft;
@@ -24,16 +23,8 @@ pub async fn run(raft: Raft, proposer: Arc<Proposer>, reader: StateReader, shutd
     let pending = reader.pending().clone();
     let mut metrics = raft.metrics();
     loop {
-        if shutdown.is_cancelled() {
+        if !leading(&mut metrics, &shutdown).await {
             return;
-        }
-        let leading = metrics.borrow().state == ServerState::Leader;
-        if !leading {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                changed = metrics.changed() => if changed.is_err() { return },
-            }
-            continue;
         }
         let changed = pending.changed();
         tokio::pin!(changed);
