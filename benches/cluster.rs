@@ -7,6 +7,9 @@
 //! - failover: the leader SIGKILLed while workflows run, time until a worker holds a task leased by the new
 //!   leader; over many kills, the killed node restarted and the cluster converged between kills.
 //!
+//! - user code: an INLINE or jq evaluation in process (what each replica's apply paid before ADR 0010) against a
+//!   round trip to a sandbox child (what the leader pays now), and a workflow of three evaluated tasks end to end.
+//!
 //! Under `cargo test` (no `--bench` argument) it runs a short version as a smoke test. `BATON_BENCH_KILLS` and
 //! `BATON_BENCH_WORKFLOWS` change the sizes.
 
@@ -38,6 +41,7 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         println!("cluster bench: binary {BIN}");
+        user_code(workflows).await?;
         handoff(workflows).await?;
         failover(kills).await
     })
@@ -278,6 +282,83 @@ async fn failover(kills: usize) -> Result<()> {
     }
     report("leader SIGKILL -> new leader seen by every live node (status polled every 25 ms)", to_elect);
     report("leader SIGKILL -> first task dispatched by the new leader", to_dispatch);
+    cluster.pass();
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------------- user code
+
+/// What user code costs now that the leader evaluates it in a sandbox child and commits the outcome: the child's
+/// round trip, against the in-process evaluation every replica used to run inside apply; and a workflow of an
+/// INLINE, a JSON_JQ_TRANSFORM and a JavaScript SWITCH end to end (its own start and end times, leader clock).
+async fn user_code(workflows: usize) -> Result<()> {
+    use baton::engine::evaluation::{evaluate, EvalRequest, Language};
+    use baton::sandbox::{Sandbox, SandboxLimits};
+    let requests = [
+        (
+            "INLINE",
+            EvalRequest {
+                language: Language::Js,
+                expression: "$.a + $.b".into(),
+                input: json!({"a": 1, "b": 2}),
+                now_ms: 0,
+            },
+        ),
+        (
+            "JSON_JQ_TRANSFORM",
+            EvalRequest {
+                language: Language::Jq,
+                expression: "{sum: (.a + .b)}".into(),
+                input: json!({"a": 1, "b": 2}),
+                now_ms: 0,
+            },
+        ),
+    ];
+    let sandbox = Sandbox::with_program(SandboxLimits::default(), BIN.into());
+    for (what, request) in &requests {
+        let mut in_process = Vec::new();
+        let mut in_child = Vec::new();
+        for _ in 0..workflows.max(10) {
+            let started = Instant::now();
+            std::hint::black_box(evaluate(request));
+            in_process.push(started.elapsed());
+            let started = Instant::now();
+            let outcome = sandbox.evaluate(request).await.map_err(|e| anyhow::anyhow!(e))?;
+            in_child.push(started.elapsed());
+            ensure!(matches!(outcome, baton::engine::evaluation::EvalOutcome::Values(_)), "{what}: {outcome:?}");
+        }
+        report(&format!("{what}: evaluated in process (what each replica's apply paid before)"), in_process);
+        report(&format!("{what}: evaluated in a sandbox child (the leader, once)"), in_child);
+    }
+
+    let cluster = Cluster::start(3).await?;
+    let leader = cluster.leader().await?;
+    let via = cluster.node(leader);
+    let def = json!({"name": "code", "tasks": [
+        {"name": "add", "taskReferenceName": "add", "type": "INLINE",
+         "inputParameters": {"evaluatorType": "javascript", "expression": "$.a + 2", "a": "${workflow.input.n}"}},
+        {"name": "shape", "taskReferenceName": "shape", "type": "JSON_JQ_TRANSFORM",
+         "inputParameters": {"queryExpression": "{sum: .sum}", "sum": "${add.output.result}"}},
+        {"name": "route", "taskReferenceName": "route", "type": "SWITCH", "evaluatorType": "javascript",
+         "expression": "$.sum > 2 ? 'big' : 'small'", "inputParameters": {"sum": "${shape.output.result.sum}"},
+         "decisionCases": {"big": [{"name": "n", "taskReferenceName": "n", "type": "NOOP"}]}}]});
+    post_json(via, "/api/metadata/workflow", &def).await?.ok()?;
+    let mut samples = Vec::new();
+    for n in 0..workflows {
+        let id = post_json(via, "/api/workflow", &json!({"name": "code", "input": {"n": n}})).await?.ok()?.body;
+        let wf = wait_until(secs(30), "the workflow to complete", || async {
+            let wf = get(via, &format!("/api/workflow/{id}?includeTasks=false")).await?.ok()?.json()?;
+            ensure!(wf["status"] == "COMPLETED", "still {}", wf["status"]);
+            Ok(wf)
+        })
+        .await?;
+        let ms = wf["endTime"].as_u64().unwrap_or(0).saturating_sub(wf["startTime"].as_u64().unwrap_or(0));
+        samples.push(Duration::from_millis(ms));
+    }
+    report(
+        "workflow of INLINE + JSON_JQ_TRANSFORM + JavaScript SWITCH, start to end (leader clock, ms steps)",
+        samples,
+    );
     cluster.pass();
     Ok(())
 }

@@ -72,7 +72,7 @@ pub enum NodeError {
     Bind {
         /// The address.
         addr: String,
-        /// `gRPC` or `HTTP`.
+        /// `gRPC`, `HTTP` or `sandbox`.
         what: &'static str,
         /// The OS error.
         source: std::io::Error,
@@ -86,7 +86,7 @@ pub enum NodeError {
     /// A server failed while running.
     #[error("{what} server failed: {message}")]
     Serve {
-        /// `gRPC` or `HTTP`.
+        /// `gRPC`, `HTTP` or `sandbox`.
         what: &'static str,
         /// The error.
         message: String,
@@ -143,6 +143,11 @@ async fn bind(addr: &str, what: &'static str) -> Result<TcpListener, NodeError> 
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), NodeError> {
     let grpc_listener = bind(config.grpc_listen_addr(), "gRPC").await?;
     let http_listener = bind(config.http_listen_addr(), "HTTP").await?;
+    // User code runs in children of this binary (the leader's evaluator); found before anything starts.
+    let sandbox = Arc::new(
+        Sandbox::new(SandboxLimits::default())
+            .map_err(|e| NodeError::Serve { what: "sandbox", message: e.to_string() })?,
+    );
 
     let identity = Identity { cluster_id: config.cluster_id.clone(), node_id: config.node_id };
     let db = Db::open(&config.data_dir, &identity)?;
@@ -256,7 +261,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Node
     );
     let grpc_task = tokio::spawn(grpc);
     let timers_task = tokio::spawn(timers::run(raft.clone(), proposer.clone(), reader.clone(), shutdown.clone()));
-    let sandbox = Arc::new(Sandbox::new(SandboxLimits::default()));
     let evaluator_task =
         tokio::spawn(evaluate::run(raft.clone(), proposer.clone(), reader.clone(), sandbox, shutdown.clone()));
     let http_task = tokio::spawn(async move { http.await });

@@ -54,6 +54,8 @@ pub struct Unavailable(pub String);
 #[derive(Debug)]
 pub struct Sandbox {
     limits: SandboxLimits,
+    /// The `baton` binary the children run.
+    program: std::path::PathBuf,
     slots: Semaphore,
     idle: Mutex<Vec<Worker>>,
 }
@@ -74,10 +76,16 @@ struct Worker {
 const STDERR_KEPT_BYTES: usize = 4096;
 
 impl Sandbox {
-    /// A pool with these limits; children start on first use.
-    pub fn new(limits: SandboxLimits) -> Self {
+    /// A pool with these limits whose children run this process's own binary; they start on first use.
+    pub fn new(limits: SandboxLimits) -> Result<Self, Unavailable> {
+        let program = std::env::current_exe().map_err(|e| Unavailable(format!("own binary: {e}")))?;
+        Ok(Self::with_program(limits, program))
+    }
+
+    /// A pool whose children run `program` (a `baton` binary), for tools and benchmarks that are not `baton`.
+    pub fn with_program(limits: SandboxLimits, program: std::path::PathBuf) -> Self {
         let workers = limits.workers.max(1);
-        Sandbox { limits, slots: Semaphore::new(workers), idle: Mutex::new(Vec::new()) }
+        Sandbox { limits, program, slots: Semaphore::new(workers), idle: Mutex::new(Vec::new()) }
     }
 
     /// The limits.
@@ -126,8 +134,7 @@ impl Sandbox {
     }
 
     fn spawn(&self) -> Result<Worker, Unavailable> {
-        let exe = std::env::current_exe().map_err(|e| Unavailable(format!("own binary: {e}")))?;
-        let mut process = Command::new(exe)
+        let mut process = Command::new(&self.program)
             .arg("sandbox")
             .arg("--memory-bytes")
             .arg(self.limits.memory_bytes.to_string())
