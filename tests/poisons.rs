@@ -189,6 +189,26 @@ async fn poisons_fail_their_own_workflow_and_nothing_else() -> Result<()> {
     ensure!(cluster.leader().await? == leader, "the leader changed");
     cluster.wait_converged().await?;
 
+    // The limits are a cluster setting: shown on every node, changed through any node, checked field by field.
+    let shown = get(follower, "/api/admin/limits").await?.ok()?.json()?;
+    ensure!(shown["maxStartDepth"] == 32 && shown["maxDoWhileIterations"] == 1000, "default limits: {shown}");
+    let refused = put_json(follower, "/api/admin/limits", &json!({"maxStartDepth": 0})).await?;
+    ensure!(refused.status == 400 && refused.body.contains("maxStartDepth"), "{}: {}", refused.status, refused.body);
+    let unknown = put_json(follower, "/api/admin/limits", &json!({"maxWidgets": 3})).await?;
+    ensure!(unknown.status == 400 && unknown.body.contains("maxWidgets"), "{}: {}", unknown.status, unknown.body);
+    put_json(follower, "/api/admin/limits", &json!({"maxDoWhileIterations": 5})).await?.ok()?;
+    for node in cluster.nodes() {
+        wait_until(secs(10), "the new limits on every node", || async {
+            let shown = get(node, "/api/admin/limits").await?.ok()?.json()?;
+            ensure!(shown["maxDoWhileIterations"] == 5 && shown["maxStartDepth"] == 32, "{shown}");
+            Ok(())
+        })
+        .await?;
+    }
+    let id = start(follower, "loop_forever", json!({})).await?;
+    let wf = ended(follower, &id, 60).await?;
+    ensure!(reasons(&wf).contains("maxDoWhileIterations = 5"), "{}", reasons(&wf));
+
     // Every node restarts from its own disk (replaying whatever it had not snapshotted) and they agree.
     for node in cluster.nodes() {
         node.kill()?;

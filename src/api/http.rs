@@ -46,6 +46,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/api/cluster/status", get(cluster_status))
+        .route("/api/admin/limits", get(get_limits).put(set_limits))
         .route("/metrics", get(prometheus_metrics))
         .route("/api/metadata/taskdefs", get(list_task_defs).post(register_task_defs).put(update_task_def))
         .route("/api/metadata/taskdefs/{name}", get(get_task_def).delete(delete_task_def))
@@ -227,6 +228,21 @@ async fn get_task_def(
 
 async fn delete_task_def(State(state): State<HttpState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     state.metadata.delete_task_def(name).await?;
+    Ok(StatusCode::OK)
+}
+
+/// `GET /api/admin/limits`: the engine's limits every replica applies with (docs/adr/0010-total-apply.md).
+async fn get_limits(
+    State(state): State<HttpState>,
+    Query(params): Query<ReadParams>,
+) -> Result<Json<crate::engine::limits::Limits>, ApiError> {
+    Ok(Json(state.metadata.limits(params.consistency()?).await?))
+}
+
+/// `PUT /api/admin/limits`: replaces the engine's limits (all of them; a field left out takes its default).
+async fn set_limits(State(state): State<HttpState>, body: String) -> Result<StatusCode, ApiError> {
+    let limits: crate::engine::limits::Limits = parse_document(&body, "")?;
+    state.metadata.set_limits(limits).await?;
     Ok(StatusCode::OK)
 }
 

@@ -70,6 +70,17 @@ impl MetadataApi {
         self.write(Command::DeleteWorkflowDef { name, version }).await
     }
 
+    /// The engine's limits (a cluster setting).
+    pub async fn limits(&self, consistency: Consistency) -> Result<crate::engine::limits::Limits, ApiError> {
+        self.barrier(consistency).await?;
+        Ok(self.gateway.reader().limits()?)
+    }
+
+    /// Replaces the engine's limits.
+    pub async fn set_limits(&self, limits: crate::engine::limits::Limits) -> Result<Committed, ApiError> {
+        self.write(Command::SetLimits { limits }).await
+    }
+
     /// One task definition.
     pub async fn task_def(&self, name: &str, consistency: Consistency) -> Result<TaskDef, ApiError> {
         self.barrier(consistency).await?;

@@ -189,6 +189,12 @@ impl<'s, S: StateView> Exec<'s, S> {
         }
     }
 
+    /// The same context applying with `limits` (the cluster setting) instead of the defaults.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// The state as of before this command.
     pub fn state(&self) -> &'s S {
         self.state

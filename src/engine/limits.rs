@@ -9,6 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::definitions::FieldError;
+
 /// Every bound the engine enforces while applying a command. Serialised with Conductor-style camelCase names, which
 /// are also the names reasons quote (`maxStartDepth`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,7 +47,38 @@ impl Default for Limits {
     }
 }
 
+/// The largest value each limit may be set to: beyond these, one command could again take unbounded time or memory
+/// (the start depth is also the depth of the recursion that ends a chain of sub-workflows).
+pub const CEILINGS: Limits = Limits {
+    max_start_depth: 256,
+    max_starts_per_command: 10_000,
+    max_tasks_per_workflow: 1_000_000,
+    max_steps_per_decision: 100_000,
+    max_dynamic_fork_tasks: 100_000,
+    max_do_while_iterations: 1_000_000,
+};
+
 impl Limits {
+    /// Every limit out of its range (1 to its [`CEILINGS`] value), naming the field.
+    pub fn problems(&self) -> Vec<FieldError> {
+        let fields = [
+            ("maxStartDepth", self.max_start_depth, CEILINGS.max_start_depth),
+            ("maxStartsPerCommand", self.max_starts_per_command, CEILINGS.max_starts_per_command),
+            ("maxTasksPerWorkflow", self.max_tasks_per_workflow, CEILINGS.max_tasks_per_workflow),
+            ("maxStepsPerDecision", self.max_steps_per_decision, CEILINGS.max_steps_per_decision),
+            ("maxDynamicForkTasks", self.max_dynamic_fork_tasks, CEILINGS.max_dynamic_fork_tasks),
+            ("maxDoWhileIterations", self.max_do_while_iterations, CEILINGS.max_do_while_iterations),
+        ];
+        fields
+            .into_iter()
+            .filter(|(_, value, ceiling)| *value < 1 || value > ceiling)
+            .map(|(name, value, ceiling)| FieldError {
+                path: name.to_string(),
+                message: format!("must be between 1 and {ceiling} (got {value})"),
+            })
+            .collect()
+    }
+
     /// The reason given when `what` would pass the limit `name` of value `value`: names both, so an operator knows
     /// which setting to look at.
     pub fn breach(what: impl std::fmt::Display, name: &str, value: impl std::fmt::Display) -> String {

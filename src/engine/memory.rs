@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::definitions::{TaskDef, WorkflowDef};
+use super::limits::Limits;
 use super::model::{TypeStats, Workflow};
 use super::{workflow_version, Mutation, StateError, StateView};
 
@@ -24,6 +25,8 @@ pub struct MemoryState {
     pub task_index: BTreeMap<String, String>,
     /// The bench table.
     pub bench_values: BTreeMap<String, Vec<u8>>,
+    /// The engine's limits, once set.
+    pub limits: Option<Limits>,
 }
 
 impl StateView for MemoryState {
@@ -55,6 +58,9 @@ impl StateView for MemoryState {
     }
     fn type_stats(&self, task_type: &str) -> Result<Option<TypeStats>, StateError> {
         Ok(self.type_stats.get(task_type).copied())
+    }
+    fn limits(&self) -> Result<Limits, StateError> {
+        Ok(self.limits.clone().unwrap_or_default())
     }
 }
 
@@ -92,6 +98,7 @@ impl MemoryState {
                 Mutation::PutBenchValue { key, value } => {
                     self.bench_values.insert(key, value);
                 }
+                Mutation::PutLimits(limits) => self.limits = Some(limits),
             }
         }
     }

@@ -197,6 +197,12 @@ pub enum Command {
         #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
+    /// Replace the engine's limits (a cluster setting: every replica applies with the same). Invalid values are
+    /// refused, naming the field.
+    SetLimits {
+        /// The new limits, all of them.
+        limits: limits::Limits,
+    },
     /// The outcome of a task's code, evaluated by the leader outside apply (proposed by the leader's evaluator;
     /// see [`evaluation`]). Applied only while the task still waits for that round.
     Evaluated {
@@ -242,6 +248,7 @@ impl Command {
             Command::DeleteWorkflowDef { .. } => "delete_workflow_def",
             Command::BenchWrite { .. } => "bench_write",
             Command::Evaluated { .. } => "evaluated",
+            Command::SetLimits { .. } => "set_limits",
         }
     }
 
@@ -290,6 +297,7 @@ impl Command {
                 }
                 None => Vec::new(),
             },
+            Command::SetLimits { limits } => limits.problems(),
             Command::BenchWrite { key, .. } if key.is_empty() || key.len() > MAX_BENCH_KEY_BYTES => {
                 vec![FieldError {
                     path: "key".into(),
@@ -440,6 +448,8 @@ pub enum Mutation {
         /// The version.
         version: u32,
     },
+    /// Write the engine's limits (a cluster setting).
+    PutLimits(limits::Limits),
     /// Write a value of the bench table.
     PutBenchValue {
         /// The key.
@@ -470,6 +480,8 @@ pub trait StateView {
     fn idempotency_key(&self, key: &str) -> Result<Option<String>, StateError>;
     /// A task type's dispatch counters.
     fn type_stats(&self, task_type: &str) -> Result<Option<model::TypeStats>, StateError>;
+    /// The engine's limits: the cluster setting, or the defaults when none was ever set.
+    fn limits(&self) -> Result<limits::Limits, StateError>;
 }
 
 /// The result of applying one proposal.
@@ -600,6 +612,7 @@ fn apply_one(state: &impl StateView, proposal: &Proposal) -> Result<Applied, Sta
         Command::BenchWrite { key, value } => {
             mutations.push(Mutation::PutBenchValue { key: key.clone(), value: value.clone() });
         }
+        Command::SetLimits { limits } => mutations.push(Mutation::PutLimits(limits.clone())),
         workflow_command => return apply_workflow_command(state, at_ms, workflow_command),
     }
     Ok(Applied { mutations, response: CommandResponse::Done, transitions: Transitions::default() })
@@ -614,6 +627,7 @@ fn apply_batch(state: &impl StateView, at_ms: u64, commands: &[Command]) -> Resu
         workflows: Default::default(),
         idempotency_keys: Default::default(),
         type_stats: Default::default(),
+        limits: None,
     };
     let mut mutations = Vec::new();
     let mut responses = Vec::with_capacity(commands.len());
@@ -640,6 +654,7 @@ struct Overlay<'s, S: StateView> {
     workflows: std::collections::BTreeMap<String, std::sync::Arc<Workflow>>,
     idempotency_keys: std::collections::BTreeMap<String, String>,
     type_stats: std::collections::BTreeMap<String, model::TypeStats>,
+    limits: Option<limits::Limits>,
 }
 
 impl<S: StateView> Overlay<'_, S> {
@@ -667,6 +682,7 @@ impl<S: StateView> Overlay<'_, S> {
                 self.type_stats.insert(task_type.clone(), *stats);
             }
             // The engine never reads the task index or the bench table.
+            Mutation::PutLimits(limits) => self.limits = Some(limits.clone()),
             Mutation::PutTaskIndex { .. } | Mutation::PutBenchValue { .. } => {}
         }
     }
@@ -726,10 +742,16 @@ impl<S: StateView> StateView for Overlay<'_, S> {
             None => self.base.type_stats(task_type),
         }
     }
+    fn limits(&self) -> Result<limits::Limits, StateError> {
+        match &self.limits {
+            Some(l) => Ok(l.clone()),
+            None => self.base.limits(),
+        }
+    }
 }
 
 fn apply_workflow_command(state: &impl StateView, at_ms: u64, command: &Command) -> Result<Applied, StateError> {
-    let mut exec = Exec::new(state, at_ms);
+    let mut exec = Exec::new(state, at_ms).with_limits(state.limits()?);
     let outcome: Result<CommandResponse, Refusal> = match command {
         Command::StartWorkflow(req) => {
             exec.op_start(req)?.map(|workflow_id| CommandResponse::WorkflowStarted { workflow_id })
@@ -778,7 +800,8 @@ fn apply_workflow_command(state: &impl StateView, at_ms: u64, command: &Command)
         | Command::UpdateWorkflowDefs { .. }
         | Command::DeleteTaskDef { .. }
         | Command::DeleteWorkflowDef { .. }
-        | Command::BenchWrite { .. } => unreachable!("metadata and bench commands are applied by apply()"),
+        | Command::SetLimits { .. }
+        | Command::BenchWrite { .. } => unreachable!("metadata, settings and bench commands are applied by apply()"),
     };
     match outcome {
         Ok(response) => {
@@ -992,6 +1015,9 @@ mod metadata_tests {
         }
         fn type_stats(&self, task_type: &str) -> Result<Option<model::TypeStats>, StateError> {
             self.state.type_stats(task_type)
+        }
+        fn limits(&self) -> Result<limits::Limits, StateError> {
+            self.state.limits()
         }
     }
 

@@ -93,6 +93,7 @@ impl HotRecords {
                 Mutation::PutWorkflow(_)
                 | Mutation::PutTaskIndex { .. }
                 | Mutation::PutIdempotencyKey { .. }
+                | Mutation::PutLimits(_)
                 | Mutation::PutBenchValue { .. } => {}
             }
         }

@@ -62,6 +62,8 @@ pub enum Table {
     TaskIndex = 6,
     /// Values written by `baton bench raft`, by key.
     BenchValue = 7,
+    /// Cluster settings, by name (`limits`: the engine's [`Limits`](crate::engine::limits::Limits)).
+    Setting = 8,
 }
 
 /// `raft_log` key of a log index.
@@ -138,6 +140,16 @@ pub fn bench_value(partition: u16, key: &str) -> Vec<u8> {
     k.extend_from_slice(key.as_bytes());
     k
 }
+
+/// Key of a cluster setting.
+pub fn setting(partition: u16, name: &str) -> Vec<u8> {
+    let mut k = table_prefix(partition, Table::Setting);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// The name the engine's limits are stored under ([`setting`]).
+pub const LIMITS_SETTING: &str = "limits";
 
 /// The smallest key greater than every key that starts with `prefix` (None when no such key exists).
 pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {

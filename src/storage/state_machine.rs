@@ -21,6 +21,7 @@ use super::hot_workflows::HotWorkflows;
 use super::snapshot_file::{SnapshotFile, SnapshotFileError, SnapshotWriter};
 use super::{codec, keys, Db};
 use crate::engine::definitions::{TaskDef, WorkflowDef};
+use crate::engine::limits::Limits;
 use crate::engine::model::{TypeStats, Workflow};
 use crate::engine::pending::PendingIndex;
 use crate::engine::{self, CommandResponse, Mutation, StateError, StateView};
@@ -143,6 +144,11 @@ impl StateReader {
     /// The task definition of that name.
     pub fn task_def(&self, name: &str) -> Result<Option<TaskDef>, ReadError> {
         read_record(&self.db, &keys::task_def(keys::PARTITION_0, name))
+    }
+
+    /// The engine's limits every replica applies with.
+    pub fn limits(&self) -> Result<Limits, ReadError> {
+        read_limits(&self.db)
     }
 
     /// Every task definition, by name.
@@ -320,6 +326,15 @@ impl StateView for RocksView<'_> {
         let key = || keys::type_stats(keys::PARTITION_0, task_type);
         self.records.type_stats(task_type, || read_record(self.db, &key())).map_err(state_error)
     }
+
+    fn limits(&self) -> Result<Limits, StateError> {
+        read_limits(self.db).map_err(state_error)
+    }
+}
+
+/// The engine's limits as stored (the cluster setting), or the defaults when none was ever set.
+fn read_limits(db: &Db) -> Result<Limits, ReadError> {
+    Ok(read_record(db, &keys::setting(keys::PARTITION_0, keys::LIMITS_SETTING))?.unwrap_or_default())
 }
 
 /// The state machine openraft drives.
@@ -451,6 +466,9 @@ fn encode_mutation(mutation: &Mutation) -> Result<(Vec<u8>, Option<Vec<u8>>), co
         Mutation::DeleteWorkflowDef { name, version } => (keys::workflow_def(keys::PARTITION_0, name, *version), None),
         Mutation::PutBenchValue { key, value } => {
             (keys::bench_value(keys::PARTITION_0, key), Some(codec::encode(serde_bytes::Bytes::new(value))?))
+        }
+        Mutation::PutLimits(limits) => {
+            (keys::setting(keys::PARTITION_0, keys::LIMITS_SETTING), Some(codec::encode(limits)?))
         }
     })
 }

@@ -208,3 +208,28 @@ fn a_workflow_that_would_pass_the_task_limit_fails_naming_it() {
     let reason = wf.reason_for_incompletion.clone().unwrap_or_default();
     assert!(reason.contains(&format!("maxTasksPerWorkflow = {max}")), "{reason}");
 }
+
+/// The limits are a cluster setting: a command through the log changes them for every replica; values out of range
+/// are refused, naming each field.
+#[test]
+fn limits_are_a_replicated_setting_and_values_out_of_range_are_refused() {
+    let mut w = World::new();
+    let bad = Limits { max_start_depth: 0, max_do_while_iterations: 2_000_000, ..Limits::default() };
+    let CommandResponse::Rejected(rejection) = w.run(Command::SetLimits { limits: bad }) else {
+        panic!("out-of-range limits were accepted")
+    };
+    let paths: Vec<_> = rejection.field_errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["maxStartDepth", "maxDoWhileIterations"]);
+    assert_eq!(w.state.limits, None);
+
+    let small = Limits { max_do_while_iterations: 5, ..Limits::default() };
+    assert_eq!(w.run(Command::SetLimits { limits: small.clone() }), CommandResponse::Done);
+    assert_eq!(w.state.limits, Some(small));
+    w.workflow_def(json!({"name": "forever", "tasks": [
+        {"name": "loop", "taskReferenceName": "loop", "type": "DO_WHILE", "loopCondition": "true",
+         "loopOver": [{"name": "n", "taskReferenceName": "n", "type": "NOOP"}]}]}));
+    let id = w.start("forever", json!({}));
+    assert_eq!(w.status(&id), WorkflowStatus::Failed);
+    let reason = w.task(&id, "loop").reason_for_incompletion.clone().unwrap_or_default();
+    assert!(reason.contains("maxDoWhileIterations = 5"), "{reason}");
+}
