@@ -196,6 +196,8 @@ async fn poisons_fail_their_own_workflow_and_nothing_else() -> Result<()> {
     ensure!(refused.status == 400 && refused.body.contains("maxStartDepth"), "{}: {}", refused.status, refused.body);
     let unknown = put_json(follower, "/api/admin/limits", &json!({"maxWidgets": 3})).await?;
     ensure!(unknown.status == 400 && unknown.body.contains("maxWidgets"), "{}: {}", unknown.status, unknown.body);
+    let positional = put_json(follower, "/api/admin/limits", &json!([1, 2])).await?;
+    ensure!(positional.status == 400, "limits from an array answered {}: {}", positional.status, positional.body);
     put_json(follower, "/api/admin/limits", &json!({"maxDoWhileIterations": 5})).await?.ok()?;
     for node in cluster.nodes() {
         wait_until(secs(10), "the new limits on every node", || async {

@@ -241,6 +241,12 @@ async fn get_limits(
 
 /// `PUT /api/admin/limits`: replaces the engine's limits (all of them; a field left out takes its default).
 async fn set_limits(State(state): State<HttpState>, body: String) -> Result<StatusCode, ApiError> {
+    // serde would also read a struct from a JSON array, by position: `[1, 2]` must not set two limits.
+    if !body.trim_start().starts_with('{') {
+        let message = "the limits must be a JSON object of named limits (see GET /api/admin/limits)";
+        let error = crate::engine::definitions::FieldError { path: String::new(), message: message.into() };
+        return Err(ApiError::invalid_field(error));
+    }
     let limits: crate::engine::limits::Limits = parse_document(&body, "")?;
     state.metadata.set_limits(limits).await?;
     Ok(StatusCode::OK)
