@@ -58,6 +58,25 @@ fn ordinary_def() -> Value {
      "outputParameters": {"sum": "${shape.output.result.sum}", "big": "${workflow.variables.big}"}})
 }
 
+/// Polls one task of `task_type` through `via` and completes it with `output`; false when none was ready.
+async fn complete_polled(via: &Node, task_type: &str, output: Value) -> Result<bool> {
+    let polled = get(via, &format!("/api/tasks/poll/{task_type}?workerid=poisons")).await?.ok()?;
+    if polled.body.trim().is_empty() {
+        return Ok(false);
+    }
+    let task = polled.json()?;
+    let update = json!({"workflowInstanceId": task["workflowInstanceId"], "taskId": task["taskId"],
+                        "status": "COMPLETED", "outputData": output, "workerId": "poisons"});
+    post_json(via, "/api/tasks", &update).await?.ok()?;
+    Ok(true)
+}
+
+/// Whether the workflow has ended, as `via` sees it now.
+async fn ended_now(via: &Node, id: &str) -> Result<bool> {
+    let wf = get(via, &format!("/api/workflow/{id}?includeTasks=false")).await?.ok()?.json()?;
+    Ok(!matches!(wf["status"].as_str(), Some("RUNNING") | Some("PAUSED")))
+}
+
 fn inline(reference: &str, expression: &str) -> Value {
     json!({"name": reference, "taskReferenceName": reference, "type": "INLINE",
            "inputParameters": {"evaluatorType": "javascript", "expression": expression}})
@@ -175,6 +194,41 @@ async fn poisons_fail_their_own_workflow_and_nothing_else() -> Result<()> {
         let why = reasons(&wf);
         ensure!(why.contains(expected), "{name}: the reason does not name '{expected}': {why}");
     }
+    // Worker outputs at the byte limits. The limits are lowered first (a request cannot carry more than
+    // api.max_payload_bytes, 1 MiB here, well under the default 3 MiB): a task's output to 256 KiB, a workflow's
+    // record to 350 KiB (a loop keeps each iteration's output twice, the task's and its own copy, so the record
+    // passes its limit before the loop's output passes the task limit).
+    let limits = json!({"maxTaskOutputBytes": 262144, "maxWorkflowRecordBytes": 358400});
+    put_json(follower, "/api/admin/limits", &limits).await?.ok()?;
+    register_task_def(follower, "blob").await?;
+    register(follower, one_task("blob_over", json!({"name": "blob", "taskReferenceName": "blob"}))).await?;
+    let loop_def = json!({"name": "blob_loop", "tasks": [{"name": "loop", "taskReferenceName": "loop",
+        "type": "DO_WHILE", "loopCondition": "true", "loopOver": [{"name": "blob", "taskReferenceName": "blob"}]}]});
+    register(follower, loop_def).await?;
+    // One byte over the limit: {"s":"..."} is the string's length plus 8.
+    let over = start(follower, "blob_over", json!({})).await?;
+    complete_polled(follower, "blob", json!({"s": "x".repeat(262_144 - 8 + 1)})).await?;
+    // 100 KiB on every iteration of an endless loop: the record passes 350 KiB in the second.
+    let looping = start(follower, "blob_loop", json!({})).await?;
+    let mut iterations = 0;
+    while !ended_now(follower, &looping).await? {
+        ensure!(iterations < 20, "blob_loop still runs after {iterations} iterations");
+        if complete_polled(follower, "blob", json!({"s": "x".repeat(100 * 1024)})).await? {
+            iterations += 1;
+        } else {
+            // Nothing ready yet: the next iteration is being scheduled.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    for (name, id, expected) in
+        [("blob_over", &over, "maxTaskOutputBytes"), ("blob_loop", &looping, "maxWorkflowRecordBytes")]
+    {
+        let wf = ended(follower, id, 60).await?;
+        eprintln!("{name}: {} after {iterations} iterations: {}", wf["status"], reasons(&wf));
+        ensure!(wf["status"] == "FAILED", "{name}: {} ({})", wf["status"], reasons(&wf));
+        ensure!(reasons(&wf).contains(expected), "{name}: the reason does not name {expected}: {}", reasons(&wf));
+    }
+
     for (a, id) in &ordinary {
         let wf = ended(follower, id, 60).await?;
         ensure!(wf["status"] == "COMPLETED", "ordinary {id}: {} ({})", wf["status"], reasons(&wf));

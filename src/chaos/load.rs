@@ -1,4 +1,4 @@
-//! The work a chaos run keeps the cluster busy with: the definitions (five workflow shapes), in-process workers
+//! The work a chaos run keeps the cluster busy with: the definitions (six workflow shapes), in-process workers
 //! pinned to each node, and a steady stream of workflow starts.
 //!
 //! Workers compute a deterministic output from the input (`x`), so each shape's final output is known in advance;
@@ -54,11 +54,16 @@ pub enum Shape {
     SubWorkflow,
     /// add, a one-second WAIT, mul.
     Wait,
+    /// add, then user code the leader evaluates outside apply: an INLINE, a jq transform, a JavaScript SWITCH and
+    /// a DO_WHILE of three iterations whose condition is JavaScript (a leader killed mid-evaluation must leave each
+    /// evaluated once, by whichever leader's outcome commits first).
+    Evaluated,
 }
 
 impl Shape {
     /// Every shape.
-    pub const ALL: [Shape; 5] = [Shape::Sequential, Shape::ForkJoin, Shape::Retry, Shape::SubWorkflow, Shape::Wait];
+    pub const ALL: [Shape; 6] =
+        [Shape::Sequential, Shape::ForkJoin, Shape::Retry, Shape::SubWorkflow, Shape::Wait, Shape::Evaluated];
 
     /// The workflow definition's name.
     pub fn workflow_name(self) -> &'static str {
@@ -68,6 +73,7 @@ impl Shape {
             Shape::Retry => "chaos_retry",
             Shape::SubWorkflow => "chaos_sub_workflow",
             Shape::Wait => "chaos_wait",
+            Shape::Evaluated => "chaos_evaluated",
         }
     }
 
@@ -78,6 +84,7 @@ impl Shape {
             Shape::ForkJoin => json!({"a": x + 1, "b": 3 * x}),
             Shape::Retry => json!({"result": x + 7}),
             Shape::Wait => json!({"result": (x + 1) * 3}),
+            Shape::Evaluated => json!({"result": (x + 1) * 2 + 5, "parity": "odd", "loops": 3}),
         }
     }
 
@@ -118,6 +125,28 @@ impl Shape {
                     task(MUL, "after", "${before.output.x}")
                 ]),
                 json!({"result": "${after.output.x}"}),
+            ),
+            Shape::Evaluated => (
+                json!([
+                    task(ADD, "first", "${workflow.input.x}"),
+                    {"name": "double", "taskReferenceName": "double", "type": "INLINE", "inputParameters": {
+                        "evaluatorType": "javascript", "expression": "$.v * 2", "v": "${first.output.x}"}},
+                    {"name": "shift", "taskReferenceName": "shift", "type": "JSON_JQ_TRANSFORM", "inputParameters": {
+                        "queryExpression": "{y: (.v + 5)}", "v": "${double.output.result}"}},
+                    {"name": "parity", "taskReferenceName": "parity", "type": "SWITCH", "evaluatorType": "javascript",
+                     "expression": "$.y % 2 == 0 ? 'even' : 'odd'", "inputParameters": {"y": "${shift.output.result.y}"},
+                     "decisionCases": {
+                        "even": [{"name": "even", "taskReferenceName": "even", "type": "SET_VARIABLE",
+                                  "inputParameters": {"parity": "even"}}],
+                        "odd": [{"name": "odd", "taskReferenceName": "odd", "type": "SET_VARIABLE",
+                                 "inputParameters": {"parity": "odd"}}]}},
+                    {"name": "count", "taskReferenceName": "count", "type": "DO_WHILE",
+                     "loopCondition": "$.count['iteration'] < 3",
+                     "loopOver": [{"name": "step", "taskReferenceName": "step", "type": "INLINE", "inputParameters": {
+                        "evaluatorType": "javascript", "expression": "$.y + 1", "y": "${shift.output.result.y}"}}]}
+                ]),
+                json!({"result": "${shift.output.result.y}", "parity": "${workflow.variables.parity}",
+                       "loops": "${count.output.iteration}"}),
             ),
         };
         json!({"name": self.workflow_name(), "version": 1, "schemaVersion": 2, "tasks": tasks, "outputParameters": output})

@@ -3,7 +3,7 @@
 //! killed workers), then checks what Baton promises (DESIGN.md, "Guarantees") and reports the figures.
 //!
 //! - [`crate::local_cluster`]: the node processes (configs, ports, SIGKILL / SIGSTOP / restart / wipe, readiness).
-//! - [`load`]: definitions of five workflow shapes, in-process workers pinned to each node, the start generator.
+//! - [`load`]: definitions of six workflow shapes, in-process workers pinned to each node, the start generator.
 //! - [`faults`]: the fault kinds and the fault -> first dispatch measurement.
 //! - [`checks`]: the invariants and the leader-per-term sampler.
 //! - [`report`]: the figures, as a table and as JSON.

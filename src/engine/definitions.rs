@@ -548,7 +548,10 @@ fn check_type_fields(path: &str, task: &WorkflowTask, errors: &mut Vec<FieldErro
             }
         }
         "DO_WHILE" => {
-            require_str(path, task, "loopCondition", errors);
+            // A loop over `items` (a step field or an input parameter) needs no condition: it ends after the last.
+            if !task.extra.contains_key("items") && !task.input_parameters.contains_key("items") {
+                require_str(path, task, "loopCondition", errors);
+            }
             if task.loop_over.is_empty() {
                 errors.push(FieldError::new(format!("{path}.loopOver"), "loopOver must hold at least one task"));
             }

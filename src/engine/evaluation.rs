@@ -17,6 +17,7 @@ use serde_json::{json, Map, Value};
 
 use super::exec::{Exec, OpResult, Refusal};
 use super::model::{too_deep, Task, TaskStatus, Workflow, WorkflowStatus};
+use super::size;
 use super::{jq, script, StateView};
 
 /// The language of a piece of user code.
@@ -171,6 +172,26 @@ impl<S: StateView> Exec<'_, S> {
                 self.switch_case_known(workflow_id, i, outcome)?;
             }
             "INLINE" | "JSON_JQ_TRANSFORM" => {
+                // Measured before the output is built from the values: `result` holds the first, and jq's
+                // `resultList` all of them again.
+                let cap = self.cap("maxTaskOutputBytes", self.limits().max_task_output_bytes);
+                let with_list = task_type == "JSON_JQ_TRANSFORM";
+                let output_bytes = match values {
+                    Ok(values) => output_bytes_within(values, with_list, cap.bytes),
+                    Err(_) => Some(0),
+                };
+                let Some(output_bytes) = output_bytes else {
+                    let wf = self.workflow(workflow_id)?.expect("loaded above");
+                    let t = &mut wf.tasks[i];
+                    t.start_time = if t.start_time == 0 { now } else { t.start_time };
+                    t.end_time = now;
+                    t.status = TaskStatus::FailedWithTerminalError;
+                    t.reason_for_incompletion =
+                        Some(cap.breach(format_args!("the output of task '{}'", t.reference_task_name)));
+                    self.schedule_decide(workflow_id);
+                    return Ok(Ok(()));
+                };
+                self.spend(output_bytes);
                 let result = match values {
                     Ok(values) if task_type == "INLINE" => {
                         Ok(single("result", values.first().cloned().unwrap_or(Value::Null)))
@@ -213,6 +234,21 @@ impl<S: StateView> Exec<'_, S> {
         }
         Ok(Ok(()))
     }
+}
+
+/// The bytes of the output an evaluation's values make (`{"result": first}`, plus `"resultList": [all]` for jq),
+/// if at most `cap`; measured without building it.
+fn output_bytes_within(values: &[Value], with_list: bool, cap: usize) -> Option<usize> {
+    let overhead = r#"{"result":,"resultList":[]}"#.len() + values.len();
+    let mut left = cap.checked_sub(overhead)?;
+    let first = values.first().unwrap_or(&Value::Null);
+    left -= size::value_within(first, left)?;
+    if with_list {
+        for value in values {
+            left -= size::value_within(value, left)?;
+        }
+    }
+    Some(cap - left)
 }
 
 fn single(key: &str, value: Value) -> Map<String, Value> {

@@ -11,11 +11,12 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::definitions::{TaskDef, WorkflowDef, WorkflowTask};
+use super::expr::Oversize;
 use super::limits::Limits;
 use super::model::{
     map_nests_deeper_than, too_deep, Task, TaskStatus, TypeStats, Workflow, WorkflowStatus, MAX_VALUE_DEPTH,
 };
-use super::{expr, script, Mutation, StateError, StateView, Transitions};
+use super::{expr, script, size, Mutation, StateError, StateView, Transitions};
 
 /// A deterministic UUID-shaped id derived from `seed` (sub-workflow and task ids).
 pub fn derive_id(seed: &str) -> String {
@@ -122,6 +123,11 @@ pub struct Exec<'s, S: StateView> {
     to_start: VecDeque<String>,
     /// Workflows this command started (bounded by [`Limits::max_starts_per_command`]).
     starts: u32,
+    /// Bytes of values (task inputs and outputs, workflow inputs and outputs) this command has built so far, for
+    /// every workflow it touches: at most [`Limits::max_workflow_record_bytes`].
+    built: usize,
+    /// Tasks this command removed from their workflows (a DO_WHILE's `keepLastN`): their task index entries go.
+    forgotten_tasks: Vec<String>,
     /// The bounds this command applies with.
     limits: Limits,
     /// The workflow being ended was ended by an operator (no failure workflow).
@@ -166,6 +172,24 @@ pub enum Refusal {
 /// Result of an operation: Ok, a refusal, or a fatal state read error.
 pub type OpResult<T> = Result<Result<T, Refusal>, StateError>;
 
+/// How many bytes a value may take, and the limit that says so (to name it when the value is too large).
+#[derive(Debug, Clone, Copy)]
+pub struct Cap {
+    /// The most bytes, compact JSON.
+    pub bytes: usize,
+    /// The limit's name, as the limits are shown (`maxTaskInputBytes`).
+    pub name: &'static str,
+    /// The limit's value.
+    pub value: u32,
+}
+
+impl Cap {
+    /// The reason given when `what` would not fit.
+    pub fn breach(&self, what: impl std::fmt::Display) -> String {
+        Limits::breach(format_args!("{what} is over {} bytes", self.bytes), self.name, self.value)
+    }
+}
+
 impl<'s, S: StateView> Exec<'s, S> {
     /// A context over `state` at time `now_ms`.
     pub fn new(state: &'s S, now_ms: u64) -> Self {
@@ -178,6 +202,8 @@ impl<'s, S: StateView> Exec<'s, S> {
             to_decide: BTreeSet::new(),
             to_start: VecDeque::new(),
             starts: 0,
+            built: 0,
+            forgotten_tasks: Vec::new(),
             limits: Limits::default(),
             ending_by_operator: false,
             idempotency_keys: BTreeMap::new(),
@@ -328,6 +354,53 @@ impl<'s, S: StateView> Exec<'s, S> {
         &self.limits
     }
 
+    /// The most bytes a value about to be built may take: its own limit (`name`, of value `limit`), or what is
+    /// left of this command's budget for building values when that is less.
+    pub fn cap(&self, name: &'static str, limit: u32) -> Cap {
+        let record = self.limits.max_workflow_record_bytes;
+        let left = Limits::bytes(record).saturating_sub(self.built);
+        if left < Limits::bytes(limit) {
+            Cap { bytes: left, name: "maxWorkflowRecordBytes", value: record }
+        } else {
+            Cap { bytes: Limits::bytes(limit), name, value: limit }
+        }
+    }
+
+    /// Tasks removed from their workflow by this command: their task index entries are deleted with it.
+    pub fn forget_tasks(&mut self, task_ids: impl IntoIterator<Item = String>) {
+        self.forgotten_tasks.extend(task_ids);
+    }
+
+    /// Counts `bytes` of a value this command built against its budget.
+    pub fn spend(&mut self, bytes: usize) {
+        self.built = self.built.saturating_add(bytes);
+    }
+
+    /// Measures an output about to be recorded for a task against [`Limits::max_task_output_bytes`] (and the
+    /// command's budget) and counts it; the reason it may not be recorded otherwise (`what` names it).
+    pub fn output_refusal(&mut self, what: impl std::fmt::Display, output: &Map<String, Value>) -> Option<String> {
+        self.map_refusal(what, output, "maxTaskOutputBytes", self.limits.max_task_output_bytes)
+    }
+
+    /// Measures a map about to be recorded against the limit `name` of value `limit` (and the command's budget)
+    /// and counts it; the reason it may not be recorded otherwise.
+    pub fn map_refusal(
+        &mut self,
+        what: impl std::fmt::Display,
+        map: &Map<String, Value>,
+        name: &'static str,
+        limit: u32,
+    ) -> Option<String> {
+        let cap = self.cap(name, limit);
+        match size::map_within(map, cap.bytes) {
+            Some(bytes) => {
+                self.spend(bytes);
+                None
+            }
+            None => Some(cap.breach(what)),
+        }
+    }
+
     /// Runs pending starts and decisions (cascading to parents), then hands back every changed workflow.
     ///
     /// Starts are drained first and always completely: each one was counted against
@@ -336,21 +409,28 @@ impl<'s, S: StateView> Exec<'s, S> {
     pub fn finish(mut self) -> Result<(Vec<Mutation>, Transitions), StateError> {
         let mut rounds = 0u32;
         loop {
-            if let Some(id) = self.to_start.pop_front() {
-                self.start(&id)?;
-                continue;
-            }
-            let Some(id) = self.to_decide.pop_first() else { break };
-            rounds += 1;
-            if rounds > self.limits.max_steps_per_decision {
-                for id in std::iter::once(id).chain(std::mem::take(&mut self.to_decide)) {
-                    if let Some(wf) = self.workflow(&id)? {
-                        wf.decision_pending = true;
-                    }
+            loop {
+                if let Some(id) = self.to_start.pop_front() {
+                    self.start(&id)?;
+                    continue;
                 }
+                let Some(id) = self.to_decide.pop_first() else { break };
+                rounds += 1;
+                if rounds > self.limits.max_steps_per_decision {
+                    for id in std::iter::once(id).chain(std::mem::take(&mut self.to_decide)) {
+                        if let Some(wf) = self.workflow(&id)? {
+                            wf.decision_pending = true;
+                        }
+                    }
+                    break;
+                }
+                self.decide(&id)?;
+            }
+            // A workflow this command left larger than its record may be fails; ending it may start or decide
+            // others (its parent, its failure workflow), so the loop goes round again.
+            if !self.fail_oversized_records()? {
                 break;
             }
-            self.decide(&id)?;
         }
         let dirty: Vec<String> = self.dirty.iter().cloned().collect();
         let mut mutations = Vec::with_capacity(dirty.len());
@@ -389,7 +469,32 @@ impl<'s, S: StateView> Exec<'s, S> {
         for (key, workflow_id) in std::mem::take(&mut self.idempotency_keys) {
             mutations.push(Mutation::PutIdempotencyKey { key, workflow_id });
         }
+        for task_id in std::mem::take(&mut self.forgotten_tasks) {
+            mutations.push(Mutation::DeleteTaskIndex { task_id });
+        }
         Ok((mutations, transitions))
+    }
+
+    /// Fails every running workflow this command changed whose record is now larger than
+    /// [`Limits::max_workflow_record_bytes`]. True when one failed.
+    fn fail_oversized_records(&mut self) -> Result<bool, StateError> {
+        let limit = self.limits.max_workflow_record_bytes;
+        let oversized: Vec<String> = self
+            .dirty
+            .iter()
+            .filter_map(|id| self.workflows.get(id))
+            .filter(|wf| !wf.status.is_terminal() && size::record_within(wf, Limits::bytes(limit)).is_none())
+            .map(|wf| wf.workflow_id.clone())
+            .collect();
+        for id in &oversized {
+            let reason = Limits::breach(
+                format_args!("the workflow's record is over {limit} bytes"),
+                "maxWorkflowRecordBytes",
+                limit,
+            );
+            self.end_workflow(id.clone(), WorkflowStatus::Failed, reason, None)?;
+        }
+        Ok(!oversized.is_empty())
     }
 
     /// What this command changed in `wf`'s status and its tasks' statuses.
@@ -459,11 +564,22 @@ impl<'s, S: StateView> Exec<'s, S> {
             // 4. Nothing left to do: complete the workflow when nothing is pending.
             let wf = self.workflow(id)?.expect("loaded above");
             if wf.tasks.iter().all(|t| t.status.is_terminal()) {
-                let output = workflow_output(wf);
                 let wf_id = wf.workflow_id.clone();
-                match too_deep("the workflow's output", &output) {
-                    None => self.end_workflow(wf_id, WorkflowStatus::Completed, String::new(), Some(output))?,
-                    Some(reason) => self.end_workflow(wf_id, WorkflowStatus::Failed, reason, None)?,
+                let cap = self.cap("maxWorkflowOutputBytes", self.limits.max_workflow_output_bytes);
+                let wf = self.workflow(id)?.expect("loaded above");
+                let outcome = match workflow_output(wf, cap.bytes) {
+                    Err(Oversize) => Err(cap.breach("the workflow's output")),
+                    Ok(output) => match too_deep("the workflow's output", &output) {
+                        Some(reason) => Err(reason),
+                        None => Ok(output),
+                    },
+                };
+                match outcome {
+                    Ok(output) => {
+                        self.spend(size::map_within(&output, usize::MAX).unwrap_or(0));
+                        self.end_workflow(wf_id, WorkflowStatus::Completed, String::new(), Some(output))?
+                    }
+                    Err(reason) => self.end_workflow(wf_id, WorkflowStatus::Failed, reason, None)?,
                 }
             }
             return Ok(());
@@ -577,6 +693,7 @@ impl<'s, S: StateView> Exec<'s, S> {
     /// Completes JOINs whose joined tasks are done and DO_WHILE tasks whose bodies are done. True when one moved.
     fn progress_joins(&mut self, id: &str) -> Result<bool, StateError> {
         let now = self.now_ms;
+        let cap = self.cap("maxTaskOutputBytes", self.limits.max_task_output_bytes);
         let wf = self.workflow(id)?.expect("caller loaded it");
         for i in 0..wf.tasks.len() {
             let t = &wf.tasks[i];
@@ -588,7 +705,6 @@ impl<'s, S: StateView> Exec<'s, S> {
                 _ => t.workflow_task.join_on(),
             };
             let suffix = iteration_suffix(t.iteration);
-            let mut output = Map::new();
             let mut all_done = true;
             let mut with_errors = false;
             let mut failures = Vec::new();
@@ -597,9 +713,6 @@ impl<'s, S: StateView> Exec<'s, S> {
                 match wf.latest_by_ref(&full) {
                     Some(joined) if joined.status.is_successful() && joined.executed => {
                         with_errors |= joined.status == TaskStatus::CompletedWithErrors;
-                        if !joined.output_data.is_empty() {
-                            output.insert(r.clone(), Value::Object(joined.output_data.clone()));
-                        }
                     }
                     Some(joined)
                         if joined.status.is_terminal()
@@ -622,19 +735,45 @@ impl<'s, S: StateView> Exec<'s, S> {
                 return Ok(true);
             }
             if all_done {
+                // The joined outputs, each measured before it is copied: together they may not pass the cap.
+                let mut output = Map::new();
+                let mut left = Some(cap.bytes.saturating_sub(2));
+                for r in &join_on {
+                    let Some(joined) = wf.latest_by_ref(&format!("{r}{suffix}")) else { continue };
+                    if joined.output_data.is_empty() {
+                        continue;
+                    }
+                    let room = left.and_then(|left| left.checked_sub(size::string_len(r) + 2));
+                    left = room.and_then(|room| Some(room - size::map_within(&joined.output_data, room)?));
+                    if left.is_none() {
+                        break;
+                    }
+                    output.insert(r.clone(), Value::Object(joined.output_data.clone()));
+                }
+                let built = cap.bytes - left.unwrap_or(0);
                 let t = &mut wf.tasks[i];
-                t.status = if with_errors { TaskStatus::CompletedWithErrors } else { TaskStatus::Completed };
-                t.output_data = output;
                 t.end_time = now;
                 t.update_time = now;
+                if left.is_none() {
+                    t.status = TaskStatus::FailedWithTerminalError;
+                    t.reason_for_incompletion =
+                        Some(cap.breach(format_args!("the output of JOIN '{}'", t.reference_task_name)));
+                    return Ok(true);
+                }
+                t.status = if with_errors { TaskStatus::CompletedWithErrors } else { TaskStatus::Completed };
+                t.output_data = output;
+                self.spend(built);
                 return Ok(true);
             }
         }
         Ok(false)
     }
 
-    /// The last step of a DO_WHILE body finished: record its outputs and wait for the condition's evaluation.
+    /// The last step of a DO_WHILE body finished: record its outputs and wait for the condition's evaluation (a
+    /// loop over `items` without a condition goes on at once).
     fn loop_iteration_done(&mut self, id: &str, owner: &str) -> Result<(), StateError> {
+        let now = self.now_ms;
+        let cap = self.cap("maxTaskOutputBytes", self.limits.max_task_output_bytes);
         let wf = self.workflow(id)?.expect("caller loaded it");
         let Some(li) = wf
             .tasks
@@ -647,22 +786,115 @@ impl<'s, S: StateView> Exec<'s, S> {
         // field is the iteration of an enclosing loop, if any.
         let iteration = wf.tasks[li].output_data.get("iteration").and_then(Value::as_u64).unwrap_or(1);
         let iteration = u32::try_from(iteration).unwrap_or(u32::MAX);
-        // Record this iteration's outputs, keyed by the body's reference names without the suffix.
+        // Record this iteration's outputs, keyed by the body's reference names without the suffix, each measured
+        // before it is copied: the loop's output (earlier iterations included) may not pass the cap.
         let body_refs: BTreeSet<String> = collect_refs(&wf.tasks[li].workflow_task.loop_over);
+        let key = iteration.to_string();
+        let mut left = cap.bytes.checked_sub(size::string_len(&key) + 3).and_then(|room| {
+            let output = &wf.tasks[li].output_data;
+            let kept = output.iter().filter(|(k, _)| **k != key).map(|(k, v)| (k.clone(), v.clone()));
+            room.checked_sub(size::map_within(&kept.collect(), room)?)
+        });
         let mut outputs = Map::new();
         for t in wf
             .tasks
             .iter()
             .filter(|t| t.iteration == iteration && body_refs.contains(&t.workflow_task.task_reference_name))
         {
-            outputs.insert(t.workflow_task.task_reference_name.clone(), Value::Object(t.output_data.clone()));
+            let reference = &t.workflow_task.task_reference_name;
+            let room = left.and_then(|left| left.checked_sub(size::string_len(reference) + 2));
+            left = room.and_then(|room| room.checked_sub(size::map_within(&t.output_data, room)?));
+            if left.is_none() {
+                break;
+            }
+            outputs.insert(reference.clone(), Value::Object(t.output_data.clone()));
         }
         let loop_task = &mut wf.tasks[li];
-        loop_task.output_data.insert(iteration.to_string(), Value::Object(outputs));
+        loop_task.update_time = now;
+        if left.is_none() {
+            loop_task.status = TaskStatus::FailedWithTerminalError;
+            loop_task.end_time = now;
+            let what =
+                format_args!("the output of DO_WHILE '{}' with iteration {iteration}", loop_task.reference_task_name);
+            loop_task.reason_for_incompletion = Some(cap.breach(what));
+            return Ok(());
+        }
+        loop_task.output_data.insert(key, Value::Object(outputs));
         loop_task.output_data.insert("iteration".into(), json!(iteration));
+        if loop_task.input_data.get("items").is_some() && loop_task.workflow_task.extra_str("loopCondition").is_none() {
+            return self.loop_condition_known(id, li, iteration, Ok(true));
+        }
         // The condition is user code: the leader evaluates it outside apply and the verdict comes back as a
         // command (engine::evaluation), which continues in `loop_condition_known`.
         self.await_evaluation(id, li, iteration)
+    }
+
+    /// The list a DO_WHILE iterates over (`items`: its input parameter, or the step's own `items` expression,
+    /// resolved into the input), if it has one: `Some(length)`; the reason the loop cannot run otherwise.
+    fn loop_items(&mut self, id: &str, i: usize) -> Result<Result<Option<usize>, String>, StateError> {
+        let max_iterations = self.limits.max_do_while_iterations;
+        let cap = self.cap("maxTaskInputBytes", self.limits.max_task_input_bytes);
+        let wf = self.workflow(id)?.expect("caller loaded it");
+        if !wf.tasks[i].input_data.contains_key("items") {
+            let Some(expression) = wf.tasks[i].workflow_task.extra.get("items").cloned() else { return Ok(Ok(None)) };
+            let input_bytes = size::map_within(&wf.tasks[i].input_data, cap.bytes).unwrap_or(cap.bytes);
+            let room = cap.bytes.saturating_sub(input_bytes + 8);
+            let Ok(items) = expr::resolve_within(&expression, &WorkflowRoots { wf }, room) else {
+                let what = format_args!("the input of DO_WHILE '{}' with its items", wf.tasks[i].reference_task_name);
+                return Ok(Err(cap.breach(what)));
+            };
+            let bytes = size::value_within(&items, usize::MAX).unwrap_or(0);
+            wf.tasks[i].input_data.insert("items".into(), items);
+            self.spend(bytes);
+        }
+        let wf = self.workflow(id)?.expect("caller loaded it");
+        Ok(match wf.tasks[i].input_data.get("items") {
+            Some(Value::Array(items)) if items.len() > usize::try_from(max_iterations).unwrap_or(usize::MAX) => {
+                let what = format_args!("DO_WHILE over {} items", items.len());
+                Err(Limits::breach(what, "maxDoWhileIterations", max_iterations))
+            }
+            Some(Value::Array(items)) => Ok(Some(items.len())),
+            Some(other) => Err(format!("DO_WHILE items: must be a list, got {}", json_type(other))),
+            None => Ok(None),
+        })
+    }
+
+    /// Forgets a DO_WHILE's iterations before `keep_from` (its `keepLastN`): their tasks leave the workflow's task
+    /// list (and the task index) and their outputs the loop's output.
+    fn forget_iterations(&mut self, id: &str, li: usize, keep_from: u32) -> Result<(), StateError> {
+        let wf = self.workflow(id)?.expect("caller loaded it");
+        let def = std::sync::Arc::clone(&wf.workflow_definition);
+        let index = DefIndex::new(&def);
+        let loop_task = &wf.tasks[li];
+        let loop_seq = loop_task.seq;
+        let Some(first) = loop_task.workflow_task.loop_over.first() else { return Ok(()) };
+        let body_refs = collect_refs(&loop_task.workflow_task.loop_over);
+        // The first task of iteration `keep_from`: the loop's tasks before it belong to earlier iterations.
+        let Some(boundary) = wf
+            .tasks
+            .iter()
+            .filter(|t| t.seq > loop_seq && t.iteration == keep_from)
+            .filter(|t| t.workflow_task.task_reference_name == first.task_reference_name)
+            .map(|t| t.seq)
+            .min()
+        else {
+            return Ok(());
+        };
+        let mut forgotten = Vec::new();
+        wf.tasks.retain(|t| {
+            let reference = &t.workflow_task.task_reference_name;
+            // A body step, or a task a FORK_JOIN_DYNAMIC of the body made up (its reference is in no definition).
+            let of_this_loop = body_refs.contains(reference) || (t.iteration > 0 && index.step(reference).is_none());
+            let forget = t.seq > loop_seq && t.seq < boundary && t.status.is_terminal() && of_this_loop;
+            if forget {
+                forgotten.push(t.task_id.clone());
+            }
+            !forget
+        });
+        let loop_task = &mut wf.tasks[li];
+        loop_task.output_data.retain(|key, _| key.parse::<u32>().map_or(true, |n| n >= keep_from));
+        self.forgotten_tasks.extend(forgotten);
+        Ok(())
     }
 
     /// Leaves task `i` waiting for the leader to evaluate its code, in evaluation round `round`.
@@ -694,6 +926,13 @@ impl<'s, S: StateView> Exec<'s, S> {
         let index = DefIndex::new(&def);
         let loop_task = &mut wf.tasks[li];
         loop_task.update_time = now;
+        // A loop over items ends after the last one, whatever its condition says.
+        let items = match loop_task.input_data.get("items") {
+            Some(Value::Array(items)) => Some(items.len()),
+            _ => None,
+        };
+        let verdict =
+            verdict.map(|more| more && items.is_none_or(|n| usize::try_from(iteration).unwrap_or(usize::MAX) < n));
         match verdict {
             Ok(true) if iteration >= max_iterations => {
                 loop_task.status = TaskStatus::Failed;
@@ -707,8 +946,16 @@ impl<'s, S: StateView> Exec<'s, S> {
             Ok(true) => {
                 let body = loop_task.workflow_task.loop_over.clone();
                 loop_task.output_data.insert("iteration".into(), json!(iteration + 1));
+                if items.is_some() {
+                    set_loop_item(loop_task, iteration);
+                }
+                let keep_last = keep_last_n(loop_task);
                 if let Some(first) = body.first() {
                     self.schedule_step(id, first, iteration + 1, &index)?;
+                }
+                // keepLastN: the iteration just started and the N - 1 before it stay.
+                if let Some(keep) = keep_last.filter(|keep| iteration + 1 > *keep) {
+                    self.forget_iterations(id, li, iteration + 2 - keep)?;
                 }
             }
             Ok(false) => {
@@ -783,12 +1030,17 @@ impl<'s, S: StateView> Exec<'s, S> {
             let skipped = wf.tasks[k].clone();
             return self.after_success(id, &skipped, index);
         }
-        let input = resolve_input(wf, step, iteration);
         let mut step = step.clone();
         let mut task_type = match step.task_type.as_str() {
             "SIMPLE" => step.name.clone(),
             "FORK_JOIN" | "FORK" => "FORK".to_string(),
             other => other.to_string(),
+        };
+        let cap = self.cap("maxTaskInputBytes", self.limits.max_task_input_bytes);
+        let wf = self.workflow(id)?.expect("caller loaded it");
+        let Ok(input) = expr::resolve_map_within(&step.input_parameters, &WorkflowRoots { wf }, cap.bytes) else {
+            let reason = cap.breach(format_args!("the input of task '{full_ref}'"));
+            return self.fail_unscheduled(id, &step, iteration, Map::new(), task_type, reason);
         };
         if let Some(reason) = too_deep("the resolved input", &input) {
             // Kept empty: the input is what cannot be stored.
@@ -822,6 +1074,10 @@ impl<'s, S: StateView> Exec<'s, S> {
                     return self.fail_unscheduled(id, &step, iteration, Map::new(), task_type, reason);
                 }
             }
+        }
+        let what = format_args!("the input of task '{full_ref}'");
+        if let Some(reason) = self.map_refusal(what, &input, "maxTaskInputBytes", self.limits.max_task_input_bytes) {
+            return self.fail_unscheduled(id, &step, iteration, Map::new(), task_type, reason);
         }
         let mut task = self.new_task(id, &step, iteration, input, task_type)?;
         if let Some(def) = self.task_def(&step.name)?.or_else(|| step.embedded_task_def()) {
@@ -945,10 +1201,27 @@ impl<'s, S: StateView> Exec<'s, S> {
             }
             "DO_WHILE" => {
                 let body = task.workflow_task.loop_over.clone();
+                let items = match self.loop_items(id, i)? {
+                    Ok(items) => items,
+                    Err(reason) => {
+                        let wf = self.workflow(id)?.expect("caller loaded it");
+                        let t = &mut wf.tasks[i];
+                        (t.start_time, t.end_time, t.update_time) = (now, now, now);
+                        t.status = TaskStatus::FailedWithTerminalError;
+                        t.reason_for_incompletion = Some(reason);
+                        return Ok(());
+                    }
+                };
                 let wf = self.workflow(id)?.expect("caller loaded it");
                 let t = &mut wf.tasks[i];
                 t.output_data.insert("iteration".into(), json!(1));
-                if let Some(first) = body.first() {
+                match items {
+                    // Nothing to iterate over: the loop is done before its first iteration.
+                    Some(0) => outcome = SystemOutcome::Completed(single("iteration", json!(0))),
+                    Some(_) => set_loop_item(t, 0),
+                    None => {}
+                }
+                if let (Some(first), false) = (body.first(), items == Some(0)) {
                     t.status = TaskStatus::InProgress;
                     t.start_time = now;
                     t.update_time = now;
@@ -956,9 +1229,26 @@ impl<'s, S: StateView> Exec<'s, S> {
                 }
             }
             "SET_VARIABLE" => {
+                let limit = self.limits.max_workflow_variables_bytes;
                 let wf = self.workflow(id)?.expect("caller loaded it");
-                for (k, v) in &task.input_data {
-                    wf.variables.insert(k.clone(), v.clone());
+                // Measured before anything is copied: the variables as they would be, from the current ones not
+                // replaced and the task's input (itself at most maxTaskInputBytes).
+                let kept = wf.variables.iter().filter(|(k, _)| !task.input_data.contains_key(*k));
+                let kept_bytes: usize =
+                    kept.map(|(k, v)| size::string_len(k) + 2 + size::value_within(v, usize::MAX).unwrap_or(0)).sum();
+                let input_bytes = size::map_within(&task.input_data, usize::MAX).unwrap_or(usize::MAX);
+                if kept_bytes.saturating_add(input_bytes) > Limits::bytes(limit) {
+                    let what = format_args!("the workflow's variables with those of '{}'", task.reference_task_name);
+                    let reason = Limits::breach(
+                        format_args!("{what} are over {limit} bytes"),
+                        "maxWorkflowVariablesBytes",
+                        limit,
+                    );
+                    outcome = SystemOutcome::FailedTerminally(reason);
+                } else {
+                    for (k, v) in &task.input_data {
+                        wf.variables.insert(k.clone(), v.clone());
+                    }
                 }
             }
             // User code runs on the leader, outside apply (engine::evaluation); the outcome arrives as a command.
@@ -988,12 +1278,19 @@ impl<'s, S: StateView> Exec<'s, S> {
                 t.reason_for_incompletion = Some(reason);
                 t.end_time = now;
             }
+            SystemOutcome::FailedTerminally(reason) => {
+                t.output_data = Map::new();
+                t.status = TaskStatus::FailedWithTerminalError;
+                t.reason_for_incompletion = Some(reason);
+                t.end_time = now;
+            }
         }
         Ok(())
     }
 
     fn terminate_task(&mut self, id: &str, i: usize) -> Result<(), StateError> {
         let now = self.now_ms;
+        let limit = self.limits.max_workflow_output_bytes;
         let wf = self.workflow(id)?.expect("caller loaded it");
         let task = wf.tasks[i].clone();
         let status = match task.input_data.get("terminationStatus").and_then(Value::as_str) {
@@ -1009,6 +1306,15 @@ impl<'s, S: StateView> Exec<'s, S> {
             Some(Value::Object(m)) => m.clone(),
             Some(other) => single("output", other.clone()),
             None => Map::new(),
+        };
+        // Copied from the task's input (at most maxTaskInputBytes); it becomes the workflow's output too.
+        let (status, reason, output) = match size::map_within(&output, Limits::bytes(limit)) {
+            Some(_) => (status, reason, output),
+            None => {
+                let what =
+                    format_args!("the workflow's output from '{}' is over {limit} bytes", task.reference_task_name);
+                (WorkflowStatus::Failed, Limits::breach(what, "maxWorkflowOutputBytes", limit), Map::new())
+            }
         };
         let t = &mut wf.tasks[i];
         t.status = TaskStatus::Completed;
@@ -1115,7 +1421,15 @@ impl<'s, S: StateView> Exec<'s, S> {
             },
         };
         let depth = self.workflow(id)?.expect("caller loaded it").start_depth.saturating_add(1);
-        let refused = self.start_refusal(depth);
+        let mut refused = self.start_refusal(depth);
+        if refused.is_none() {
+            // The child's input was counted as this task's input; measured again against the workflow limit.
+            let limit = self.limits.max_workflow_input_bytes;
+            refused = match size::map_within(&input, Limits::bytes(limit)) {
+                Some(_) => None,
+                None => Some(Limits::breach("its input is larger", "maxWorkflowInputBytes", limit)),
+            };
+        }
         let wf = self.workflow(id)?.expect("caller loaded it");
         let t = &mut wf.tasks[i];
         t.start_time = now;
@@ -1259,24 +1573,37 @@ impl<'s, S: StateView> Exec<'s, S> {
 
     fn child_ended(&mut self, parent_id: &str, task_id: &str, child: &Workflow) -> Result<(), StateError> {
         let now = self.now_ms;
+        let cap = self.cap("maxTaskOutputBytes", self.limits.max_task_output_bytes);
         let Some(parent) = self.workflow(parent_id)? else { return Ok(()) };
         let Some(i) = parent.task_index(task_id) else { return Ok(()) };
         let t = &mut parent.tasks[i];
         if t.status.is_terminal() {
             return Ok(());
         }
+        t.end_time = now;
+        t.update_time = now;
+        // The child's output becomes the task's: measured before it is copied.
+        let fits = size::map_within(&child.output, cap.bytes.saturating_sub(64 + child.workflow_id.len()));
+        if fits.is_none() {
+            t.status = TaskStatus::FailedWithTerminalError;
+            t.reason_for_incompletion =
+                Some(cap.breach(format_args!("the output of task '{}'", t.reference_task_name)));
+            self.schedule_decide(parent_id);
+            return Ok(());
+        }
         t.output_data.insert("subWorkflowId".into(), json!(child.workflow_id));
         for (k, v) in &child.output {
             t.output_data.insert(k.clone(), v.clone());
         }
-        t.end_time = now;
-        t.update_time = now;
         t.status = match child.status {
             WorkflowStatus::Completed => TaskStatus::Completed,
             WorkflowStatus::Terminated => TaskStatus::Canceled,
             WorkflowStatus::TimedOut => TaskStatus::TimedOut,
             _ => TaskStatus::Failed,
         };
+        self.spend(fits.unwrap_or(0));
+        let Some(parent) = self.workflow(parent_id)? else { return Ok(()) };
+        let t = &mut parent.tasks[i];
         if child.status != WorkflowStatus::Completed {
             t.reason_for_incompletion = Some(format!(
                 "Sub workflow {}.{}/{} failure reason: {}",
@@ -1307,7 +1634,14 @@ impl<'s, S: StateView> Exec<'s, S> {
         if let Some(t) = failed_task {
             input.insert("failureTaskId".into(), json!(t.task_id));
         }
-        input.insert("failedWorkflow".into(), serde_json::to_value(failed).unwrap_or(Value::Null));
+        // The failed workflow whole when it fits the input limit, else without its tasks (measured, not built).
+        let input_limit = self.limits.max_workflow_input_bytes;
+        let failed_workflow = if size::record_within(failed, Limits::bytes(input_limit) / 2).is_some() {
+            serde_json::to_value(failed)
+        } else {
+            serde_json::to_value(Workflow { tasks: Vec::new(), ..failed.clone() })
+        };
+        input.insert("failedWorkflow".into(), failed_workflow.unwrap_or(Value::Null));
         let id = derive_id(&format!("{}/failure-workflow", failed.workflow_id));
         // A failure workflow's input holds the failed workflow, whose own values may already nest close to
         // MAX_VALUE_DEPTH, hence the looser bound; a chain of failing failure workflows nests a few levels more
@@ -1316,7 +1650,11 @@ impl<'s, S: StateView> Exec<'s, S> {
             return Ok(());
         }
         let depth = failed.start_depth.saturating_add(1);
-        if let Some(reason) = self.start_refusal(depth) {
+        let mut refused = self.start_refusal(depth);
+        if refused.is_none() {
+            refused = self.map_refusal("its input", &input, "maxWorkflowInputBytes", input_limit);
+        }
+        if let Some(reason) = refused {
             if let Some(failed_wf) = self.workflow(&failed.workflow_id)? {
                 let said = failed_wf.reason_for_incompletion.take().unwrap_or_default();
                 failed_wf.reason_for_incompletion =
@@ -1342,12 +1680,45 @@ enum SystemOutcome {
     /// In progress until this time (0: until updated or completed by the engine).
     InProgress(u64),
     Failed(String, Map<String, Value>),
+    /// Failed, never to be retried, with no output.
+    FailedTerminally(String),
 }
 
 fn single(key: &str, value: Value) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert(key.to_string(), value);
     m
+}
+
+/// A DO_WHILE over items, about to run the item at `index` (0-based): `loopItem` and `loopIndex` in its output.
+fn set_loop_item(loop_task: &mut Task, index: u32) {
+    let item = match loop_task.input_data.get("items") {
+        Some(Value::Array(items)) => items.get(usize::try_from(index).unwrap_or(usize::MAX)).cloned(),
+        _ => None,
+    };
+    loop_task.output_data.insert("loopItem".into(), item.unwrap_or(Value::Null));
+    loop_task.output_data.insert("loopIndex".into(), json!(index));
+}
+
+/// A DO_WHILE's `keepLastN` input (a positive number, or a string of one).
+fn keep_last_n(loop_task: &Task) -> Option<u32> {
+    let keep = match loop_task.input_data.get("keepLastN")? {
+        Value::String(text) => text.trim().parse::<u64>().ok()?,
+        value => value.as_u64()?,
+    };
+    u32::try_from(keep).ok().filter(|keep| *keep > 0)
+}
+
+/// The JSON type of a value, for messages.
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
 }
 
 /// `__N` for loop iteration N, nothing outside loops.
@@ -1580,17 +1951,18 @@ impl expr::Roots for WorkflowRoots<'_> {
     }
 }
 
-/// A step's input: its inputParameters resolved against the workflow.
-fn resolve_input(wf: &Workflow, step: &WorkflowTask, _iteration: u32) -> Map<String, Value> {
-    expr::resolve_map(&step.input_parameters, &WorkflowRoots { wf })
-}
-
-/// A workflow's output: its outputParameters resolved, or the last task's output when it has none.
-pub fn workflow_output(wf: &Workflow) -> Map<String, Value> {
+/// A workflow's output: its outputParameters resolved, or the last task's output when it has none; at most
+/// `cap` bytes.
+pub fn workflow_output(wf: &Workflow, cap: usize) -> Result<Map<String, Value>, Oversize> {
     if wf.workflow_definition.output_parameters.is_empty() {
-        return wf.tasks.last().map(|t| t.output_data.clone()).unwrap_or_default();
+        let output = wf.tasks.last().map(|t| &t.output_data);
+        return match output {
+            Some(output) if size::map_within(output, cap).is_none() => Err(Oversize),
+            Some(output) => Ok(output.clone()),
+            None => Ok(Map::new()),
+        };
     }
-    expr::resolve_map(&wf.workflow_definition.output_parameters, &WorkflowRoots { wf })
+    expr::resolve_map_within(&wf.workflow_definition.output_parameters, &WorkflowRoots { wf }, cap)
 }
 
 /// A new RUNNING workflow with nothing scheduled yet.

@@ -112,7 +112,47 @@ impl<F: Fn(&str) -> Option<Value>> Roots for F {
 ///
 /// Strings without `${` and non-string scalars are copied unchanged; map keys are never resolved.
 pub fn resolve(template: &Value, roots: &impl Roots) -> Value {
-    Resolver::new(roots).value(template)
+    Resolver::new(roots, usize::MAX).value(template)
+}
+
+/// The resolved value would pass the byte cap given to [`resolve_map_within`]: resolution stopped before it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Oversize;
+
+/// [`resolve_map`] with a byte cap (compact JSON, as [`super::size`] measures): every value an expression copies
+/// out of a root is measured before it is copied, so a template that would build more than `cap` bytes (the same
+/// large input named a thousand times, a `$..*` over a deep document) stops there instead of being built whole.
+pub fn resolve_map_within(
+    template: &BTreeMap<String, Value>,
+    roots: &impl Roots,
+    cap: usize,
+) -> Result<Map<String, Value>, Oversize> {
+    let mut resolver = Resolver::new(roots, cap);
+    let mut out = Map::new();
+    for (key, value) in template {
+        if !resolver.charge(super::size::string_len(key) + 2) {
+            return Err(Oversize);
+        }
+        let value = resolver.value(value);
+        if resolver.budget.over {
+            return Err(Oversize);
+        }
+        out.insert(key.clone(), value);
+    }
+    match super::size::map_within(&out, cap) {
+        Some(_) => Ok(out),
+        None => Err(Oversize),
+    }
+}
+
+/// [`resolve`] with a byte cap, as [`resolve_map_within`].
+pub fn resolve_within(template: &Value, roots: &impl Roots, cap: usize) -> Result<Value, Oversize> {
+    let mut resolver = Resolver::new(roots, cap);
+    let value = resolver.value(template);
+    if resolver.budget.over || super::size::value_within(&value, cap).is_none() {
+        return Err(Oversize);
+    }
+    Ok(value)
 }
 
 /// Resolves a map of parameters (a task's inputParameters), as Conductor builds a task's input.
@@ -121,7 +161,7 @@ pub fn resolve(template: &Value, roots: &impl Roots) -> Value {
 /// the parameters, and keys that resolved to `null`, from the task definition's `inputTemplate`; that merge is the
 /// caller's, since it needs the definition.
 pub fn resolve_map(template: &BTreeMap<String, Value>, roots: &impl Roots) -> Map<String, Value> {
-    let mut resolver = Resolver::new(roots);
+    let mut resolver = Resolver::new(roots, usize::MAX);
     template.iter().map(|(key, value)| (key.clone(), resolver.value(value))).collect()
 }
 
@@ -176,10 +216,44 @@ pub fn referenced_roots(template: &Value) -> BTreeSet<String> {
 // ---------------------------------------------------------------------------------------------------------------
 // Resolution
 
-/// One resolution pass: the roots, fetched at most once each.
+/// One resolution pass: the roots, fetched at most once each, and what is left of the byte cap.
 struct Resolver<'r, R> {
     roots: &'r R,
     fetched: BTreeMap<String, Option<Value>>,
+    budget: Budget,
+}
+
+/// What is left of a resolution's byte cap.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    /// Bytes the values built so far may still grow by.
+    left: usize,
+    /// The cap was passed: everything from then on resolves to `null` at no cost, and the caller reports it.
+    over: bool,
+}
+
+impl Budget {
+    /// Takes `bytes` from the cap; false (and `over` from then on) when they do not fit.
+    fn charge(&mut self, bytes: usize) -> bool {
+        if self.over || bytes > self.left {
+            self.over = true;
+            return false;
+        }
+        self.left -= bytes;
+        true
+    }
+
+    /// Takes the size of `value` from the cap before it is copied; false when it does not fit (measuring stops
+    /// at what is left, so a huge value costs no more than the cap to refuse).
+    fn charge_value(&mut self, value: &Value) -> bool {
+        match super::size::value_within(value, if self.over { 0 } else { self.left }) {
+            Some(bytes) => self.charge(bytes),
+            None => {
+                self.over = true;
+                false
+            }
+        }
+    }
 }
 
 /// What an expression turned into, before it is spliced into its string.
@@ -209,16 +283,43 @@ impl Replacement {
 }
 
 impl<'r, R: Roots> Resolver<'r, R> {
-    fn new(roots: &'r R) -> Self {
-        Resolver { roots, fetched: BTreeMap::new() }
+    fn new(roots: &'r R, cap: usize) -> Self {
+        Resolver { roots, fetched: BTreeMap::new(), budget: Budget { left: cap, over: false } }
+    }
+
+    fn charge(&mut self, bytes: usize) -> bool {
+        self.budget.charge(bytes)
+    }
+
+    fn charge_value(&mut self, value: &Value) -> bool {
+        self.budget.charge_value(value)
     }
 
     fn value(&mut self, template: &Value) -> Value {
+        if self.budget.over {
+            return Value::Null;
+        }
         match template {
             Value::String(text) => self.top_string(text),
-            Value::Array(items) => Value::Array(items.iter().map(|item| self.value(item)).collect()),
-            Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), self.value(v))).collect()),
-            other => other.clone(),
+            Value::Array(items) => {
+                if !self.charge(2 + items.len()) {
+                    return Value::Null;
+                }
+                Value::Array(items.iter().map(|item| self.value(item)).collect())
+            }
+            Value::Object(map) => {
+                let keys: usize = map.keys().map(|key| super::size::string_len(key) + 2).sum();
+                if !self.charge(2 + keys) {
+                    return Value::Null;
+                }
+                Value::Object(map.iter().map(|(k, v)| (k.clone(), self.value(v))).collect())
+            }
+            other => {
+                if !self.charge_value(other) {
+                    return Value::Null;
+                }
+                other.clone()
+            }
         }
     }
 
@@ -226,15 +327,23 @@ impl<'r, R: Roots> Resolver<'r, R> {
     fn top_string(&mut self, text: &str) -> Value {
         // No `${` means no expression and no `$${` escape either: the common case, with no scanning.
         if !text.contains("${") {
+            if !self.charge(super::size::string_len(text)) {
+                return Value::Null;
+            }
             return Value::String(text.to_owned());
         }
         let mut replacements = self.replacements(text, 0);
+        if self.budget.over {
+            return Value::Null;
+        }
         let whole = matches!(replacements.as_slice(), [(0, end, _)] if *end == text.len());
         if whole {
             if let Some((_, _, replacement)) = replacements.pop() {
                 return replacement.into_value();
             }
         }
+        // The replacements were charged as they were copied; their text form is about as long, and the literal
+        // parts are the template's own.
         Value::String(splice(text, &replacements))
     }
 
@@ -250,6 +359,9 @@ impl<'r, R: Roots> Resolver<'r, R> {
         let mut out = Vec::new();
         let mut from = 0;
         while let Scan::Found { start, end } = next_expression(text, from) {
+            if self.budget.over {
+                return out;
+            }
             let content = &text[start + 2..end - 1];
             let replacement = if !content.contains("${") {
                 self.evaluate(&text[start..end], content)
@@ -316,14 +428,16 @@ impl<'r, R: Roots> Resolver<'r, R> {
             }
         };
         let function = compiled.function;
+        // Each value is measured against the cap before it is copied out of the root.
+        let mut budget = self.budget;
         let Some(root) = self.root(&compiled.root) else {
             return if definite { Replacement::Single(Value::Null) } else { Replacement::List(Vec::new()) };
         };
-        match query {
+        let replacement = match query {
             None => {
                 let found = walk(root, &compiled.segments);
                 let value = match function {
-                    None => found.cloned(),
+                    None => found.filter(|found| budget.charge_value(found)).cloned(),
                     Some(Function::Size) => found.and_then(size_of),
                 };
                 Replacement::Single(value.unwrap_or(Value::Null))
@@ -331,13 +445,15 @@ impl<'r, R: Roots> Resolver<'r, R> {
             Some(query) => {
                 let nodes = query.query(root).all();
                 Replacement::List(match function {
-                    None => nodes.into_iter().cloned().collect(),
+                    None => nodes.into_iter().take_while(|node| budget.charge_value(node)).cloned().collect(),
                     Some(Function::Size) => {
                         nodes.into_iter().map(|node| size_of(node).unwrap_or(Value::Null)).collect()
                     }
                 })
             }
-        }
+        };
+        self.budget = budget;
+        replacement
     }
 }
 

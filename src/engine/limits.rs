@@ -32,7 +32,27 @@ pub struct Limits {
     pub max_dynamic_fork_tasks: u32,
     /// Most iterations of one DO_WHILE. The loop task fails when its condition asks for one more.
     pub max_do_while_iterations: u32,
+    /// Most bytes (compact JSON) of a task's input, as its parameters resolve. The task fails terminally, with its
+    /// input left empty.
+    pub max_task_input_bytes: u32,
+    /// Most bytes of a task's output, whoever writes it (a worker, a script, a JOIN, a loop, a sub-workflow). The
+    /// task fails terminally, with its output left empty.
+    pub max_task_output_bytes: u32,
+    /// Most bytes of a workflow's input. A client's start is refused; a child's start fails the task starting it.
+    pub max_workflow_input_bytes: u32,
+    /// Most bytes of a workflow's output. The workflow fails, with its output left empty.
+    pub max_workflow_output_bytes: u32,
+    /// Most bytes of a workflow's variables. The SET_VARIABLE task that would pass it fails terminally and the
+    /// variables stay as they were.
+    pub max_workflow_variables_bytes: u32,
+    /// Most bytes of a workflow's whole record (its tasks with their inputs and outputs, its input, output and
+    /// variables). The workflow fails when a command leaves it larger, and a command stops building values for
+    /// the workflows it touches once they have grown by this much in it.
+    pub max_workflow_record_bytes: u32,
 }
+
+const KIB: u32 = 1024;
+const MIB: u32 = 1024 * KIB;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -43,6 +63,15 @@ impl Default for Limits {
             max_steps_per_decision: 1000,
             max_dynamic_fork_tasks: 1000,
             max_do_while_iterations: 1000,
+            // Conductor's thresholds past which it moves a payload out of its database
+            // (conductor.app.taskInputPayloadSizeThreshold and the like): 3 MiB per task, 5 MiB per workflow,
+            // 256 KiB of variables (conductor.app.maxWorkflowVariablesPayloadSizeThreshold).
+            max_task_input_bytes: 3 * MIB,
+            max_task_output_bytes: 3 * MIB,
+            max_workflow_input_bytes: 5 * MIB,
+            max_workflow_output_bytes: 5 * MIB,
+            max_workflow_variables_bytes: 256 * KIB,
+            max_workflow_record_bytes: 32 * MIB,
         }
     }
 }
@@ -56,6 +85,12 @@ pub const CEILINGS: Limits = Limits {
     max_steps_per_decision: 100_000,
     max_dynamic_fork_tasks: 100_000,
     max_do_while_iterations: 1_000_000,
+    max_task_input_bytes: 64 * MIB,
+    max_task_output_bytes: 64 * MIB,
+    max_workflow_input_bytes: 64 * MIB,
+    max_workflow_output_bytes: 64 * MIB,
+    max_workflow_variables_bytes: 64 * MIB,
+    max_workflow_record_bytes: 256 * MIB,
 };
 
 impl Limits {
@@ -68,6 +103,12 @@ impl Limits {
             ("maxStepsPerDecision", self.max_steps_per_decision, CEILINGS.max_steps_per_decision),
             ("maxDynamicForkTasks", self.max_dynamic_fork_tasks, CEILINGS.max_dynamic_fork_tasks),
             ("maxDoWhileIterations", self.max_do_while_iterations, CEILINGS.max_do_while_iterations),
+            ("maxTaskInputBytes", self.max_task_input_bytes, CEILINGS.max_task_input_bytes),
+            ("maxTaskOutputBytes", self.max_task_output_bytes, CEILINGS.max_task_output_bytes),
+            ("maxWorkflowInputBytes", self.max_workflow_input_bytes, CEILINGS.max_workflow_input_bytes),
+            ("maxWorkflowOutputBytes", self.max_workflow_output_bytes, CEILINGS.max_workflow_output_bytes),
+            ("maxWorkflowVariablesBytes", self.max_workflow_variables_bytes, CEILINGS.max_workflow_variables_bytes),
+            ("maxWorkflowRecordBytes", self.max_workflow_record_bytes, CEILINGS.max_workflow_record_bytes),
         ];
         fields
             .into_iter()
@@ -83,5 +124,10 @@ impl Limits {
     /// which setting to look at.
     pub fn breach(what: impl std::fmt::Display, name: &str, value: impl std::fmt::Display) -> String {
         format!("{what}: limit {name} = {value} reached")
+    }
+
+    /// A byte limit as a `usize` cap.
+    pub fn bytes(limit: u32) -> usize {
+        usize::try_from(limit).unwrap_or(usize::MAX)
     }
 }

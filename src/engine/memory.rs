@@ -89,6 +89,9 @@ impl MemoryState {
                 Mutation::PutTaskIndex { task_id, workflow_id } => {
                     self.task_index.insert(task_id, workflow_id);
                 }
+                Mutation::DeleteTaskIndex { task_id } => {
+                    self.task_index.remove(&task_id);
+                }
                 Mutation::DeleteTaskDef { name } => {
                     self.task_defs.remove(&name);
                 }

@@ -23,6 +23,7 @@ pub mod ops;
 pub mod pending;
 pub mod references;
 pub mod script;
+pub mod size;
 #[cfg(test)]
 mod tests;
 
@@ -450,6 +451,11 @@ pub enum Mutation {
     },
     /// Write the engine's limits (a cluster setting).
     PutLimits(limits::Limits),
+    /// Forget which workflow held a task: the task left its workflow (a DO_WHILE's `keepLastN`).
+    DeleteTaskIndex {
+        /// The task.
+        task_id: String,
+    },
     /// Write a value of the bench table.
     PutBenchValue {
         /// The key.
@@ -683,7 +689,7 @@ impl<S: StateView> Overlay<'_, S> {
             }
             // The engine never reads the task index or the bench table.
             Mutation::PutLimits(limits) => self.limits = Some(limits.clone()),
-            Mutation::PutTaskIndex { .. } | Mutation::PutBenchValue { .. } => {}
+            Mutation::PutTaskIndex { .. } | Mutation::DeleteTaskIndex { .. } | Mutation::PutBenchValue { .. } => {}
         }
     }
 }

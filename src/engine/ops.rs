@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use super::definitions::{validate_workflow_def, TaskTimeoutPolicy, WorkflowDef, WorkflowTimeoutPolicy};
 use super::exec::{is_system_type, new_workflow, DefIndex, Exec, OpResult, Refusal};
 use super::model::{too_deep, LeaseRef, TaskStatus, Workflow, WorkflowStatus};
-use super::StateView;
+use super::{size, StateView};
 
 /// A start request, with the id the leader chose.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,6 +124,10 @@ impl<S: StateView> Exec<'_, S> {
     /// Starts a workflow.
     pub fn op_start(&mut self, req: &StartWorkflow) -> OpResult<String> {
         if let Some(reason) = too_deep("input", &req.input) {
+            return Ok(Err(Refusal::Invalid(reason)));
+        }
+        let limit = self.limits().max_workflow_input_bytes;
+        if let Some(reason) = self.map_refusal("input", &req.input, "maxWorkflowInputBytes", limit) {
             return Ok(Err(Refusal::Invalid(reason)));
         }
         if let Some(key) = req.idempotency_key.as_deref().filter(|k| !k.is_empty()) {
@@ -311,6 +315,10 @@ impl<S: StateView> Exec<'_, S> {
         if let Some(reason) = too_deep("outputData", &update.output) {
             return Ok(Err(Refusal::Invalid(reason)));
         }
+        // An output past the limit fails the task terminally, with its output left empty (as Conductor does for a
+        // payload past its maximum): the worker's update is taken, its output is not kept.
+        let cap = self.cap("maxTaskOutputBytes", self.limits().max_task_output_bytes);
+        let output_bytes = size::map_within(&update.output, cap.bytes);
         let Some(wf) = self.workflow(workflow_id)? else { return Ok(Err(not_found("workflow", workflow_id))) };
         let Some(i) = wf.task_index(task_id) else { return Ok(Err(not_found("task", task_id))) };
         let t = &mut wf.tasks[i];
@@ -340,6 +348,16 @@ impl<S: StateView> Exec<'_, S> {
         if let Some(w) = &update.worker_id {
             t.worker_id = Some(w.clone());
         }
+        let Some(output_bytes) = output_bytes else {
+            t.output_data = Map::new();
+            t.status = TaskStatus::FailedWithTerminalError;
+            t.end_time = now;
+            t.reason_for_incompletion =
+                Some(cap.breach(format_args!("the output of task '{}'", t.reference_task_name)));
+            t.finished_by_lease = update.lease.map(|l| l.lease_seq);
+            self.schedule_decide(workflow_id);
+            return Ok(Ok(()));
+        };
         t.output_data = update.output.clone();
         match update.status {
             TaskStatus::InProgress => {
@@ -357,6 +375,7 @@ impl<S: StateView> Exec<'_, S> {
                 t.finished_by_lease = update.lease.map(|l| l.lease_seq);
             }
         }
+        self.spend(output_bytes);
         self.schedule_decide(workflow_id);
         Ok(Ok(()))
     }
@@ -508,8 +527,9 @@ impl<S: StateView> Exec<'_, S> {
         wf.workflow_version = u32::try_from(def.version).unwrap_or(wf.workflow_version);
         wf.workflow_definition = def;
         reopen(wf, now);
-        wf.tasks.clear();
+        let gone: Vec<String> = wf.tasks.drain(..).map(|t| t.task_id).collect();
         wf.start_time = now;
+        self.forget_tasks(gone);
         self.count_start();
         self.start(workflow_id)?;
         Ok(Ok(()))
@@ -531,6 +551,16 @@ impl<S: StateView> Exec<'_, S> {
         if let Some(reason) = deep {
             return Ok(Err(Refusal::Invalid(reason)));
         }
+        let limits = self.limits().clone();
+        let sized = [
+            ("taskInput", task_input, "maxTaskInputBytes", limits.max_task_input_bytes),
+            ("workflowInput", workflow_input, "maxWorkflowInputBytes", limits.max_workflow_input_bytes),
+        ];
+        for (what, input, name, limit) in sized {
+            if let Some(reason) = input.and_then(|input| self.map_refusal(what, input, name, limit)) {
+                return Ok(Err(Refusal::Invalid(reason)));
+            }
+        }
         let Some(wf) = self.workflow(workflow_id)? else { return Ok(Err(not_found("workflow", workflow_id))) };
         if !wf.status.is_terminal() {
             return Ok(Err(Refusal::Conflict(format!(
@@ -544,7 +574,8 @@ impl<S: StateView> Exec<'_, S> {
                 wf.input = input.clone();
             }
             reopen(wf, now);
-            wf.tasks.clear();
+            let gone: Vec<String> = wf.tasks.drain(..).map(|t| t.task_id).collect();
+            self.forget_tasks(gone);
             self.count_start();
             self.start(workflow_id)?;
             return Ok(Ok(()));
@@ -552,6 +583,8 @@ impl<S: StateView> Exec<'_, S> {
         let Some(i) = wf.task_index(from_task_id) else { return Ok(Err(not_found("task", from_task_id))) };
         let mut task = wf.tasks[i].clone();
         let seq = task.seq;
+        // The task itself stays (as a new attempt, under its id); everything after it goes.
+        let gone: Vec<String> = wf.tasks.iter().filter(|t| t.seq > seq).map(|t| t.task_id.clone()).collect();
         wf.tasks.retain(|t| t.seq < seq);
         if let Some(input) = workflow_input {
             wf.input = input.clone();
@@ -563,6 +596,7 @@ impl<S: StateView> Exec<'_, S> {
         task.reset_for_new_attempt(now);
         task.retry_count = 0;
         wf.tasks.push(task);
+        self.forget_tasks(gone);
         self.schedule_decide(workflow_id);
         Ok(Ok(()))
     }
@@ -572,6 +606,10 @@ impl<S: StateView> Exec<'_, S> {
     pub fn op_skip(&mut self, workflow_id: &str, task_ref: &str, output: &Map<String, Value>) -> OpResult<()> {
         let now = self.now_ms;
         if let Some(reason) = too_deep("taskOutput", output) {
+            return Ok(Err(Refusal::Invalid(reason)));
+        }
+        let limit = self.limits().max_task_output_bytes;
+        if let Some(reason) = self.map_refusal("taskOutput", output, "maxTaskOutputBytes", limit) {
             return Ok(Err(Refusal::Invalid(reason)));
         }
         let Some(wf) = self.workflow(workflow_id)? else { return Ok(Err(not_found("workflow", workflow_id))) };

@@ -92,6 +92,7 @@ impl HotRecords {
                 }
                 Mutation::PutWorkflow(_)
                 | Mutation::PutTaskIndex { .. }
+                | Mutation::DeleteTaskIndex { .. }
                 | Mutation::PutIdempotencyKey { .. }
                 | Mutation::PutLimits(_)
                 | Mutation::PutBenchValue { .. } => {}

@@ -462,6 +462,7 @@ fn encode_mutation(mutation: &Mutation) -> Result<(Vec<u8>, Option<Vec<u8>>), co
         Mutation::PutTaskIndex { task_id, workflow_id } => {
             (keys::task_index(keys::PARTITION_0, task_id), Some(codec::encode(workflow_id)?))
         }
+        Mutation::DeleteTaskIndex { task_id } => (keys::task_index(keys::PARTITION_0, task_id), None),
         Mutation::DeleteTaskDef { name } => (keys::task_def(keys::PARTITION_0, name), None),
         Mutation::DeleteWorkflowDef { name, version } => (keys::workflow_def(keys::PARTITION_0, name, *version), None),
         Mutation::PutBenchValue { key, value } => {

@@ -5,6 +5,7 @@ mod conductor_documents;
 mod leases;
 mod limits;
 mod operations;
+mod payloads;
 mod properties;
 mod task_types;
 mod timeouts;
