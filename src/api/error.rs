@@ -12,28 +12,15 @@ use crate::storage::state_machine::ReadError;
 
 /// Everything an API call can fail with. Serializable so that a leader can hand a forwarded call's error back to the
 /// follower that received it, unchanged.
+///
+/// A refusal (bad input, an unknown id, a conflict, a stale lease) is the engine's [`Rejection`], whether the engine
+/// refused the command or the API refused it before proposing: one taxonomy, [`RejectionKind`], from apply to the
+/// wire (docs/adr/0003-error-mapping.md). The other variants are this node's own failures.
 #[derive(Debug, thiserror::Error, Serialize, Deserialize)]
 pub enum ApiError {
-    /// Bad input; `field_errors` name each offending field.
-    #[error("{message}")]
-    Invalid {
-        /// A sentence for people.
-        message: String,
-        /// One entry per problem.
-        field_errors: Vec<FieldError>,
-    },
-    /// The thing asked for does not exist.
-    #[error("{0}")]
-    NotFound(String),
-    /// The thing to create exists already.
-    #[error("{0}")]
-    AlreadyExists(String),
-    /// The operation does not apply in the current state.
-    #[error("{0}")]
-    Conflict(String),
-    /// A worker's lease is no longer valid: the task was handed out again or finished.
-    #[error("{0}")]
-    StaleLease(String),
+    /// Refused, for the reason its kind says; nothing was written.
+    #[error("{}", .0.message)]
+    Refused(Rejection),
     /// No leader could be reached in time, or this node is shutting down; nothing was applied.
     #[error("{0}")]
     Unavailable(String),
@@ -49,29 +36,37 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// Bad input, which `message` names.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ApiError::Refused(Rejection::invalid(message))
+    }
+
+    /// The thing asked for does not exist.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError::Refused(Rejection::not_found(message))
+    }
+
     /// Bad input with one field error.
     pub fn invalid_field(error: FieldError) -> Self {
         let message =
             if error.path.is_empty() { error.message.clone() } else { format!("{}: {}", error.path, error.message) };
-        ApiError::Invalid { message, field_errors: vec![error] }
+        ApiError::Refused(Rejection { kind: RejectionKind::Invalid, message, field_errors: vec![error] })
     }
 
     /// Bad input with several field errors.
     pub fn invalid_fields(field_errors: Vec<FieldError>) -> Self {
         let summary: Vec<String> = field_errors.iter().map(|e| format!("{}: {}", e.path, e.message)).collect();
-        ApiError::Invalid { message: format!("invalid definition: {}", summary.join("; ")), field_errors }
+        let message = format!("invalid definition: {}", summary.join("; "));
+        ApiError::Refused(Rejection { kind: RejectionKind::Invalid, message, field_errors })
     }
 }
 
 impl From<Rejection> for ApiError {
     fn from(r: Rejection) -> Self {
         match r.kind {
+            // The engine's message for field errors is generic; the API's names each field.
             RejectionKind::Invalid if !r.field_errors.is_empty() => ApiError::invalid_fields(r.field_errors),
-            RejectionKind::Invalid => ApiError::Invalid { message: r.message, field_errors: Vec::new() },
-            RejectionKind::NotFound => ApiError::NotFound(r.message),
-            RejectionKind::AlreadyExists => ApiError::AlreadyExists(r.message),
-            RejectionKind::Conflict => ApiError::Conflict(r.message),
-            RejectionKind::StaleLease => ApiError::StaleLease(r.message),
+            _ => ApiError::Refused(r),
         }
     }
 }
@@ -96,10 +91,12 @@ impl From<ApiError> for tonic::Status {
     fn from(e: ApiError) -> Self {
         let message = e.to_string();
         match e {
-            ApiError::Invalid { .. } => tonic::Status::invalid_argument(message),
-            ApiError::NotFound(_) => tonic::Status::not_found(message),
-            ApiError::AlreadyExists(_) => tonic::Status::already_exists(message),
-            ApiError::Conflict(_) | ApiError::StaleLease(_) => tonic::Status::failed_precondition(message),
+            ApiError::Refused(r) => match r.kind {
+                RejectionKind::Invalid => tonic::Status::invalid_argument(message),
+                RejectionKind::NotFound => tonic::Status::not_found(message),
+                RejectionKind::AlreadyExists => tonic::Status::already_exists(message),
+                RejectionKind::Conflict | RejectionKind::StaleLease => tonic::Status::failed_precondition(message),
+            },
             ApiError::Unavailable(_) => tonic::Status::unavailable(message),
             ApiError::Overloaded(_) => tonic::Status::resource_exhausted(message),
             ApiError::OutcomeUnknown(_) => tonic::Status::deadline_exceeded(message),
@@ -123,11 +120,13 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let message = self.to_string();
         let (status, retryable, validation_errors) = match self {
-            ApiError::Invalid { field_errors, .. } => (StatusCode::BAD_REQUEST, false, field_errors),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, false, Vec::new()),
-            ApiError::AlreadyExists(_) | ApiError::Conflict(_) | ApiError::StaleLease(_) => {
-                (StatusCode::CONFLICT, false, Vec::new())
-            }
+            ApiError::Refused(r) => match r.kind {
+                RejectionKind::Invalid => (StatusCode::BAD_REQUEST, false, r.field_errors),
+                RejectionKind::NotFound => (StatusCode::NOT_FOUND, false, Vec::new()),
+                RejectionKind::AlreadyExists | RejectionKind::Conflict | RejectionKind::StaleLease => {
+                    (StatusCode::CONFLICT, false, Vec::new())
+                }
+            },
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, true, Vec::new()),
             ApiError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, true, Vec::new()),
             ApiError::OutcomeUnknown(_) => (StatusCode::GATEWAY_TIMEOUT, true, Vec::new()),

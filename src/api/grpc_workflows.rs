@@ -225,14 +225,8 @@ impl TaskGrpc {
 fn lease(token: &str, task_id: &str) -> Result<LeaseRef, ApiError> {
     match parse_lease_token(token) {
         Some((id, _, lease_seq)) if id == task_id => Ok(LeaseRef { lease_seq }),
-        Some(_) => Err(ApiError::Invalid {
-            message: format!("lease_token: belongs to another task than {task_id}"),
-            field_errors: Vec::new(),
-        }),
-        None => Err(ApiError::Invalid {
-            message: format!("lease_token: expected task_id:attempt:lease, got '{token}'"),
-            field_errors: Vec::new(),
-        }),
+        Some(_) => Err(ApiError::invalid(format!("lease_token: belongs to another task than {task_id}"))),
+        None => Err(ApiError::invalid(format!("lease_token: expected task_id:attempt:lease, got '{token}'"))),
     }
 }
 

@@ -180,10 +180,9 @@ impl ReadParams {
         match self.consistency.as_deref() {
             None | Some("local") => Ok(Consistency::Local),
             Some("linearizable") => Ok(Consistency::Linearizable),
-            Some(other) => Err(ApiError::Invalid {
-                message: format!("consistency: expected 'local' or 'linearizable', got '{other}'"),
-                field_errors: Vec::new(),
-            }),
+            Some(other) => {
+                Err(ApiError::invalid(format!("consistency: expected 'local' or 'linearizable', got '{other}'")))
+            }
         }
     }
 
@@ -191,10 +190,10 @@ impl ReadParams {
         self.version
             .as_deref()
             .map(|v| {
-                v.parse::<u32>().ok().filter(|v| *v >= 1).ok_or_else(|| ApiError::Invalid {
-                    message: format!("version: expected a positive integer, got '{v}'"),
-                    field_errors: Vec::new(),
-                })
+                v.parse::<u32>()
+                    .ok()
+                    .filter(|v| *v >= 1)
+                    .ok_or_else(|| ApiError::invalid(format!("version: expected a positive integer, got '{v}'")))
             })
             .transpose()
     }
@@ -289,7 +288,7 @@ async fn delete_workflow_def(
 ) -> Result<StatusCode, ApiError> {
     let version = ReadParams { consistency: None, version: Some(version) }
         .version()?
-        .ok_or_else(|| ApiError::Invalid { message: "version: required".into(), field_errors: Vec::new() })?;
+        .ok_or_else(|| ApiError::invalid("version: required"))?;
     state.metadata.delete_workflow_def(name, version).await?;
     Ok(StatusCode::OK)
 }

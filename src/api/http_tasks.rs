@@ -47,7 +47,9 @@ impl PollParams {
     fn args(&self, task_type: String, count: u32) -> Result<PollArgs, ApiError> {
         let timeout_ms = match self.timeout {
             None => DEFAULT_POLL_TIMEOUT_MS,
-            Some(t) => u32::try_from(t).map_err(|_| invalid(format!("timeout: must be 0 or more ms, got {t}")))?,
+            Some(t) => {
+                u32::try_from(t).map_err(|_| ApiError::invalid(format!("timeout: must be 0 or more ms, got {t}")))?
+            }
         };
         Ok(PollArgs {
             task_type,
@@ -58,10 +60,6 @@ impl PollParams {
             poll_id: None,
         })
     }
-}
-
-fn invalid(message: String) -> ApiError {
-    ApiError::Invalid { message, field_errors: Vec::new() }
 }
 
 /// `GET /api/tasks/poll/{type}`: one task, or 204 when there is none.
@@ -93,7 +91,7 @@ async fn batch_poll(
         Some(c) => u32::try_from(c)
             .ok()
             .filter(|c| *c >= 1)
-            .ok_or_else(|| invalid(format!("count: must be at least 1, got {c}")))?,
+            .ok_or_else(|| ApiError::invalid(format!("count: must be at least 1, got {c}")))?,
     };
     let tasks = state.dispatcher.poll(&params.args(task_type, count)?).await?;
     Ok(Json(tasks.into_iter().map(|d| d.task).collect::<Vec<_>>()).into_response())
@@ -102,7 +100,7 @@ async fn batch_poll(
 /// Applies a TaskResult: a lease extension, or an update.
 async fn apply_result(state: &HttpState, result: &TaskResult) -> Result<(), ApiError> {
     if result.task_id.is_empty() {
-        return Err(invalid("taskId: must not be empty".into()));
+        return Err(ApiError::invalid("taskId: must not be empty"));
     }
     if result.extend_lease && result.status == TaskStatus::InProgress {
         let task = state.workflows.task(&result.task_id, Consistency::Local).await?;
@@ -180,7 +178,7 @@ async fn append_log(
         _ => body,
     };
     if log.is_empty() {
-        return Err(invalid("log: the body must be the log line".into()));
+        return Err(ApiError::invalid("log: the body must be the log line"));
     }
     let task = state.workflows.task(&task_id, Consistency::Local).await?;
     let command = Command::AppendTaskLog { workflow_id: task.workflow_instance_id, task_id, log };

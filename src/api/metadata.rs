@@ -87,7 +87,7 @@ impl MetadataApi {
         self.gateway
             .reader()
             .task_def(name)?
-            .ok_or_else(|| ApiError::NotFound(format!("no task definition named '{name}'")))
+            .ok_or_else(|| ApiError::not_found(format!("no task definition named '{name}'")))
     }
 
     /// Every task definition.
@@ -105,7 +105,7 @@ impl MetadataApi {
     ) -> Result<WorkflowDef, ApiError> {
         self.barrier(consistency).await?;
         self.gateway.reader().workflow_def(name, version)?.ok_or_else(|| {
-            ApiError::NotFound(match version {
+            ApiError::not_found(match version {
                 Some(v) => format!("no workflow definition named '{name}' with version {v}"),
                 None => format!("no workflow definition named '{name}'"),
             })

@@ -18,12 +18,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Query::<T>::try_from_uri(&parts.uri).map(|q| Query(q.0)).map_err(|e| ApiError::Invalid {
-            message: format!(
+        axum::extract::Query::<T>::try_from_uri(&parts.uri).map(|q| Query(q.0)).map_err(|e| {
+            ApiError::invalid(format!(
                 "query string: {}",
                 e.body_text().trim_start_matches("Failed to deserialize query string: ")
-            ),
-            field_errors: Vec::new(),
+            ))
         })
     }
 }

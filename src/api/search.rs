@@ -243,10 +243,6 @@ pub enum SortField {
 const SORT_FIELDS: &str = "startTime, updateTime, endTime, workflowType, workflowId, correlationId, status, priority";
 const QUERY_FIELDS: &str = "workflowType, status, correlationId, workflowId, startTime";
 
-fn invalid(message: String) -> ApiError {
-    ApiError::Invalid { message, field_errors: Vec::new() }
-}
-
 impl SearchRequest {
     fn parse(params: &SearchParams) -> Result<SearchRequest, ApiError> {
         let start = parse_count(params.start.as_deref(), "start")?.unwrap_or(0);
@@ -285,9 +281,9 @@ fn parse_count(value: Option<&str>, name: &str) -> Result<Option<usize>, ApiErro
         return Ok(None);
     };
     match value.parse::<i64>() {
-        Ok(n) if n < 0 => Err(invalid(format!("{name}: must be 0 or more, got {n}"))),
+        Ok(n) if n < 0 => Err(ApiError::invalid(format!("{name}: must be 0 or more, got {n}"))),
         Ok(n) => Ok(Some(usize::try_from(n).unwrap_or(usize::MAX))),
-        Err(_) => Err(invalid(format!("{name}: expected a whole number, got '{value}'"))),
+        Err(_) => Err(ApiError::invalid(format!("{name}: expected a whole number, got '{value}'"))),
     }
 }
 
@@ -363,12 +359,16 @@ pub fn parse_sort(sort: &str) -> Result<Vec<SortKey>, ApiError> {
             "correlationId" => SortField::CorrelationId,
             "status" => SortField::Status,
             "priority" => SortField::Priority,
-            other => return Err(invalid(format!("sort '{part}': unknown field '{other}' (sortable: {SORT_FIELDS})"))),
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "sort '{part}': unknown field '{other}' (sortable: {SORT_FIELDS})"
+                )))
+            }
         };
         let ascending = match direction.trim().to_ascii_uppercase().as_str() {
             "ASC" => true,
             "DESC" => false,
-            _ => return Err(invalid(format!("sort '{part}': direction must be ASC or DESC"))),
+            _ => return Err(ApiError::invalid(format!("sort '{part}': direction must be ASC or DESC"))),
         };
         keys.push(SortKey { field, ascending });
     }
@@ -419,7 +419,7 @@ fn tokenize(query: &str) -> Result<Vec<Token>, ApiError> {
                         _ => "<=",
                     })
                 } else if c == '!' {
-                    return Err(invalid(format!("query: unexpected '!' at offset {start} in '{query}'")));
+                    return Err(ApiError::invalid(format!("query: unexpected '!' at offset {start} in '{query}'")));
                 } else {
                     TokenKind::Op(if c == '>' { ">" } else { "<" })
                 }
@@ -435,7 +435,9 @@ fn tokenize(query: &str) -> Result<Vec<Token>, ApiError> {
                     value.push(n);
                 }
                 if !closed {
-                    return Err(invalid(format!("query: unterminated {c}quote{c} starting at offset {start}")));
+                    return Err(ApiError::invalid(format!(
+                        "query: unterminated {c}quote{c} starting at offset {start}"
+                    )));
                 }
                 TokenKind::Quoted(value)
             }
@@ -467,10 +469,10 @@ pub fn parse_query(query: &str) -> Result<Vec<Clause>, ApiError> {
     let mut clauses = Vec::new();
     for group in tokens.split(|t| is_keyword(t, "AND")) {
         let (Some(first), Some(last)) = (group.first(), group.last()) else {
-            return Err(invalid(format!("query '{trimmed}': AND must join two clauses")));
+            return Err(ApiError::invalid(format!("query '{trimmed}': AND must join two clauses")));
         };
         let text = &query[first.start..last.end];
-        clauses.push(parse_clause(group).map_err(|why| invalid(format!("query clause '{text}': {why}")))?);
+        clauses.push(parse_clause(group).map_err(|why| ApiError::invalid(format!("query clause '{text}': {why}")))?);
     }
     Ok(clauses)
 }
@@ -565,10 +567,11 @@ fn parse_status(value: &str) -> Result<WorkflowStatus, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::RejectionKind;
 
     fn message(e: ApiError) -> String {
         match e {
-            ApiError::Invalid { message, .. } => message,
+            ApiError::Refused(r) if r.kind == RejectionKind::Invalid => r.message,
             other => panic!("expected Invalid, got {other:?}"),
         }
     }

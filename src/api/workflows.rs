@@ -175,7 +175,7 @@ impl WorkflowApi {
             .gateway
             .reader()
             .workflow(id)?
-            .ok_or_else(|| ApiError::NotFound(format!("workflow {id} not found")))?;
+            .ok_or_else(|| ApiError::not_found(format!("workflow {id} not found")))?;
         if !include_tasks {
             wf.tasks.clear();
         }
@@ -187,11 +187,11 @@ impl WorkflowApi {
         self.gateway.barrier(consistency).await?;
         let reader = self.gateway.reader();
         let workflow_id =
-            reader.task_workflow(task_id)?.ok_or_else(|| ApiError::NotFound(format!("task {task_id} not found")))?;
+            reader.task_workflow(task_id)?.ok_or_else(|| ApiError::not_found(format!("task {task_id} not found")))?;
         reader
             .workflow(&workflow_id)?
             .and_then(|wf| wf.tasks.into_iter().find(|t| t.task_id == task_id))
-            .ok_or_else(|| ApiError::NotFound(format!("task {task_id} is no longer part of workflow {workflow_id}")))
+            .ok_or_else(|| ApiError::not_found(format!("task {task_id} is no longer part of workflow {workflow_id}")))
     }
 
     /// Workflows matching the filters, newest first, at most `limit`. A full scan ([`WorkflowApi::find`]): fine for

@@ -8,17 +8,19 @@
 //! so followers never run user code, a crash or runaway in the code costs one child process on one node, and
 //! replicas cannot disagree about what the code returned, even across interpreter versions.
 //!
-//! Owns: what is evaluated for which task ([`request_for`]), the evaluation itself as a pure function
-//! ([`evaluate`], which the sandbox child calls and the engine's tests call in-process), and applying an outcome
-//! ([`Exec::op_evaluated`]). Must not touch: processes, clocks or I/O (the sandbox module owns the child).
+//! Owns: what is evaluated for which task ([`request_for`]), leaving a task waiting for an evaluation
+//! (`Exec::await_evaluation`), the evaluation itself as a pure function ([`evaluate`], which the sandbox child
+//! calls and the engine's tests call in-process), and applying an outcome ([`Exec::op_evaluated`]). Must not touch:
+//! processes, clocks or I/O (the sandbox module owns the child).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::exec::{Exec, OpResult, Refusal};
+use super::exec::{Exec, OpResult};
 use super::model::{too_deep, Task, TaskStatus, Workflow, WorkflowStatus};
 use super::size;
-use super::{jq, script, StateView};
+use super::system_tasks::single;
+use super::{jq, script, Rejection, StateError, StateView};
 
 /// The language of a piece of user code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +132,19 @@ pub fn awaiting(wf: &Workflow) -> impl Iterator<Item = (&str, u32)> {
 }
 
 impl<S: StateView> Exec<'_, S> {
+    /// Leaves task `i` waiting for the leader to evaluate its code, in evaluation round `round`.
+    pub(super) fn await_evaluation(&mut self, id: &str, i: usize, round: u32) -> Result<(), StateError> {
+        let now = self.now_ms;
+        let wf = self.workflow(id)?.expect("caller loaded it");
+        let t = &mut wf.tasks[i];
+        t.awaiting_evaluation = round.max(1);
+        if t.start_time == 0 {
+            t.start_time = now;
+        }
+        t.update_time = now;
+        Ok(())
+    }
+
     /// Applies an evaluation's outcome to the task that waited for it in round `round`. Refused (and nothing
     /// changes) when the task no longer waits for that round: another leader's outcome came first, or the
     /// workflow moved on.
@@ -142,14 +157,14 @@ impl<S: StateView> Exec<'_, S> {
     ) -> OpResult<()> {
         let now = self.now_ms;
         let Some(wf) = self.workflow(workflow_id)? else {
-            return Ok(Err(Refusal::NotFound(format!("workflow {workflow_id} not found"))));
+            return Ok(Err(Rejection::not_found(format!("workflow {workflow_id} not found"))));
         };
         let Some(i) = wf.task_index(task_id) else {
-            return Ok(Err(Refusal::NotFound(format!("task {task_id} not found"))));
+            return Ok(Err(Rejection::not_found(format!("task {task_id} not found"))));
         };
         let t = &mut wf.tasks[i];
         if round == 0 || t.awaiting_evaluation != round || wf.status.is_terminal() {
-            return Ok(Err(Refusal::Conflict(format!("task {task_id} is not waiting for evaluation round {round}"))));
+            return Ok(Err(Rejection::conflict(format!("task {task_id} is not waiting for evaluation round {round}"))));
         }
         t.awaiting_evaluation = 0;
         t.update_time = now;
@@ -226,7 +241,7 @@ impl<S: StateView> Exec<'_, S> {
                 }
             }
             other => {
-                return Ok(Err(Refusal::Invalid(format!("a {other} task has no code to evaluate"))));
+                return Ok(Err(Rejection::invalid(format!("a {other} task has no code to evaluate"))));
             }
         }
         if self.workflow(workflow_id)?.is_some_and(|wf| wf.status == WorkflowStatus::Running) {
@@ -249,10 +264,4 @@ fn output_bytes_within(values: &[Value], with_list: bool, cap: usize) -> Option<
         }
     }
     Some(cap - left)
-}
-
-fn single(key: &str, value: Value) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert(key.to_string(), value);
-    m
 }

@@ -11,27 +11,34 @@
 //! [`CommandResponse::Rejected`], recorded alike by every replica, never an `Err`. `Err` means the state could
 //! not be read, which is fatal for the node.
 
+pub mod decide;
 pub mod definitions;
+pub mod do_while;
 pub mod evaluation;
 pub mod exec;
 pub mod expr;
 pub mod jq;
+pub mod lifecycle;
 pub mod limits;
 pub mod memory;
 pub mod model;
 pub mod ops;
 pub mod pending;
 pub mod references;
+pub mod roots;
+pub mod schedule;
 pub mod script;
 pub mod size;
+pub mod system_tasks;
 #[cfg(test)]
 mod tests;
+pub mod time;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use definitions::{validate_task_def, validate_workflow_def, FieldError, TaskDef, WorkflowDef};
-use exec::{Exec, Refusal};
+use exec::Exec;
 use model::LeaseRef;
 use model::Workflow;
 use ops::{LeaseGrant, StartWorkflow, TaskRef, TaskUpdate};
@@ -397,11 +404,33 @@ pub enum RejectionKind {
 }
 
 impl Rejection {
-    fn new(kind: RejectionKind, message: impl Into<String>) -> Self {
+    /// A refusal of that kind, with no field errors.
+    pub fn new(kind: RejectionKind, message: impl Into<String>) -> Self {
         Rejection { kind, message: message.into(), field_errors: Vec::new() }
     }
 
-    fn invalid(field_errors: Vec<FieldError>) -> Self {
+    /// The input breaks a rule that `message` names.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Rejection::new(RejectionKind::Invalid, message)
+    }
+
+    /// The thing to change (or read) does not exist.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Rejection::new(RejectionKind::NotFound, message)
+    }
+
+    /// The operation does not apply in the current state.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Rejection::new(RejectionKind::Conflict, message)
+    }
+
+    /// A worker's lease is no longer valid.
+    pub fn stale_lease(message: impl Into<String>) -> Self {
+        Rejection::new(RejectionKind::StaleLease, message)
+    }
+
+    /// A definition with these problems, each naming its field.
+    fn invalid_definition(field_errors: Vec<FieldError>) -> Self {
         Rejection { kind: RejectionKind::Invalid, message: "invalid workflow definition".into(), field_errors }
     }
 }
@@ -539,7 +568,7 @@ pub fn apply(state: &impl StateView, proposal: &Proposal) -> Result<Applied, Sta
 /// Applies one command that is not a batch.
 fn apply_one(state: &impl StateView, proposal: &Proposal) -> Result<Applied, StateError> {
     if matches!(proposal.command, Command::Batch(_)) {
-        return Ok(Applied::rejected(Rejection::new(RejectionKind::Invalid, "a batch cannot contain a batch")));
+        return Ok(Applied::rejected(Rejection::invalid("a batch cannot contain a batch")));
     }
     let field_errors = proposal.command.validate();
     if !field_errors.is_empty() {
@@ -560,17 +589,14 @@ fn apply_one(state: &impl StateView, proposal: &Proposal) -> Result<Applied, Sta
         }
         Command::UpdateTaskDef { def } => {
             let Some(existing) = state.task_def(&def.name)? else {
-                return Ok(Applied::rejected(Rejection::new(
-                    RejectionKind::NotFound,
-                    format!("no task definition named '{}'", def.name),
-                )));
+                return Ok(Applied::rejected(Rejection::not_found(format!("no task definition named '{}'", def.name))));
             };
             mutations.push(Mutation::PutTaskDef(stamp(def, Some(&existing), at_ms)));
         }
         Command::RegisterWorkflowDef { def, overwrite } => {
             let problems = references::check(state, def, &[])?;
             if !problems.is_empty() {
-                return Ok(Applied::rejected(Rejection::invalid(problems)));
+                return Ok(Applied::rejected(Rejection::invalid_definition(problems)));
             }
             let existing = state.workflow_def(&def.name, workflow_version(def))?;
             if existing.is_some() && !overwrite {
@@ -590,7 +616,7 @@ fn apply_one(state: &impl StateView, proposal: &Proposal) -> Result<Applied, Sta
                 }
             }
             if !problems.is_empty() {
-                return Ok(Applied::rejected(Rejection::invalid(problems)));
+                return Ok(Applied::rejected(Rejection::invalid_definition(problems)));
             }
             for def in defs {
                 let existing = state.workflow_def(&def.name, workflow_version(def))?;
@@ -599,19 +625,15 @@ fn apply_one(state: &impl StateView, proposal: &Proposal) -> Result<Applied, Sta
         }
         Command::DeleteTaskDef { name } => {
             if state.task_def(name)?.is_none() {
-                return Ok(Applied::rejected(Rejection::new(
-                    RejectionKind::NotFound,
-                    format!("no task definition named '{name}'"),
-                )));
+                return Ok(Applied::rejected(Rejection::not_found(format!("no task definition named '{name}'"))));
             }
             mutations.push(Mutation::DeleteTaskDef { name: name.clone() });
         }
         Command::DeleteWorkflowDef { name, version } => {
             if state.workflow_def(name, *version)?.is_none() {
-                return Ok(Applied::rejected(Rejection::new(
-                    RejectionKind::NotFound,
-                    format!("no workflow definition named '{name}' with version {version}"),
-                )));
+                return Ok(Applied::rejected(Rejection::not_found(format!(
+                    "no workflow definition named '{name}' with version {version}"
+                ))));
             }
             mutations.push(Mutation::DeleteWorkflowDef { name: name.clone(), version: *version });
         }
@@ -758,7 +780,7 @@ impl<S: StateView> StateView for Overlay<'_, S> {
 
 fn apply_workflow_command(state: &impl StateView, at_ms: u64, command: &Command) -> Result<Applied, StateError> {
     let mut exec = Exec::new(state, at_ms).with_limits(state.limits()?);
-    let outcome: Result<CommandResponse, Refusal> = match command {
+    let outcome: Result<CommandResponse, Rejection> = match command {
         Command::StartWorkflow(req) => {
             exec.op_start(req)?.map(|workflow_id| CommandResponse::WorkflowStarted { workflow_id })
         }
@@ -814,15 +836,7 @@ fn apply_workflow_command(state: &impl StateView, at_ms: u64, command: &Command)
             let (mutations, transitions) = exec.finish()?;
             Ok(Applied { mutations, response, transitions })
         }
-        Err(refusal) => {
-            let (kind, message) = match refusal {
-                Refusal::NotFound(m) => (RejectionKind::NotFound, m),
-                Refusal::Conflict(m) => (RejectionKind::Conflict, m),
-                Refusal::Invalid(m) => (RejectionKind::Invalid, m),
-                Refusal::StaleLease(m) => (RejectionKind::StaleLease, m),
-            };
-            Ok(Applied::rejected(Rejection::new(kind, message)))
-        }
+        Err(rejection) => Ok(Applied::rejected(rejection)),
     }
 }
 

@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::evaluation::awaiting;
-use super::exec::is_system_type;
 use super::model::{TaskStatus, Workflow, WorkflowStatus};
+use super::system_tasks::is_system_type;
 
 /// A task a worker could be handed.
 #[derive(Debug, Clone, PartialEq, Eq)]

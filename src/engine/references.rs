@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde_json::Value;
 
 use super::definitions::{FieldError, WorkflowDef, WorkflowTask};
-use super::exec::is_system_type;
+use super::system_tasks::is_system_type;
 use super::{StateError, StateView};
 
 /// Every step of a definition with its JSON path.

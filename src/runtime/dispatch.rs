@@ -168,7 +168,7 @@ impl Dispatcher {
 
     async fn poll_once(&self, args: &PollArgs) -> Result<Vec<Dispatched>, ApiError> {
         if args.task_type.is_empty() {
-            return Err(ApiError::Invalid { message: "task_type: must not be empty".into(), field_errors: Vec::new() });
+            return Err(ApiError::invalid("task_type: must not be empty"));
         }
         let mut deadline = Instant::now() + Duration::from_millis(u64::from(args.timeout_ms.min(MAX_POLL_WAIT_MS)));
         // Forwarding may lose an answer too: an id lets the retry below find what was leased.

@@ -127,7 +127,7 @@ impl World {
         self.wf(id)
             .tasks
             .iter()
-            .filter(|t| !t.status.is_terminal() && !super::exec::is_system_type(&t.task_type))
+            .filter(|t| !t.status.is_terminal() && !super::system_tasks::is_system_type(&t.task_type))
             .map(|t| t.reference_task_name.clone())
             .collect()
     }

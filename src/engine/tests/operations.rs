@@ -41,7 +41,7 @@ fn a_failed_task_is_retried_after_its_delay_then_the_workflow_carries_on() {
 
 #[test]
 fn retry_delays_follow_the_retry_logic() {
-    use crate::engine::exec::retry_delay_ms;
+    use crate::engine::time::retry_delay_ms;
     let def = |logic: &str| {
         parse_json::<crate::engine::definitions::TaskDef>(&format!(
             r#"{{"name":"t","retryLogic":"{logic}","retryDelaySeconds":2,"backoffScaleFactor":3}}"#

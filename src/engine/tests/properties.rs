@@ -106,7 +106,7 @@ fn command(w: &World, ids: &[String], action: &Action) -> Option<Command> {
             .wf(wf)
             .tasks
             .iter()
-            .filter(|t| !t.status.is_terminal() && !crate::engine::exec::is_system_type(&t.task_type))
+            .filter(|t| !t.status.is_terminal() && !crate::engine::system_tasks::is_system_type(&t.task_type))
             .collect();
         tasks.get(i % tasks.len().max(1)).map(|t| t.task_id.clone())
     };
@@ -238,11 +238,9 @@ fn check_invariants(
     // The per-type IN_PROGRESS counters (concurrentExecLimit) match the tasks.
     let mut actual: std::collections::BTreeMap<String, u64> = Default::default();
     for wf in w.state.workflows.values() {
-        for t in wf
-            .tasks
-            .iter()
-            .filter(|t| t.status == TaskStatus::InProgress && !crate::engine::exec::is_system_type(&t.task_type))
-        {
+        for t in wf.tasks.iter().filter(|t| {
+            t.status == TaskStatus::InProgress && !crate::engine::system_tasks::is_system_type(&t.task_type)
+        }) {
             *actual.entry(t.task_type.clone()).or_insert(0) += 1;
         }
     }
