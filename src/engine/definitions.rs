@@ -549,7 +549,8 @@ fn check_type_fields(path: &str, task: &WorkflowTask, errors: &mut Vec<FieldErro
         }
         "DO_WHILE" => {
             // A loop over `items` (a step field or an input parameter) needs no condition: it ends after the last.
-            if !task.extra.contains_key("items") && !task.input_parameters.contains_key("items") {
+            let has_items = ["items", "_items"].iter().any(|k| task.input_parameters.contains_key(*k));
+            if !task.extra.contains_key("items") && !has_items {
                 require_str(path, task, "loopCondition", errors);
             }
             if task.loop_over.is_empty() {

@@ -74,7 +74,8 @@ impl<S: StateView> Exec<'_, S> {
         }
         loop_task.output_data.insert(key, Value::Object(outputs));
         loop_task.output_data.insert("iteration".into(), json!(iteration));
-        if loop_task.input_data.get("items").is_some() && loop_task.workflow_task.extra_str("loopCondition").is_none() {
+        if items_input(&loop_task.input_data).is_some() && loop_task.workflow_task.extra_str("loopCondition").is_none()
+        {
             return self.loop_condition_known(id, li, iteration, Ok(true));
         }
         // The condition is user code: the leader evaluates it outside apply and the verdict comes back as a
@@ -88,7 +89,7 @@ impl<S: StateView> Exec<'_, S> {
         let max_iterations = self.limits().max_do_while_iterations;
         let cap = self.cap("maxTaskInputBytes", self.limits().max_task_input_bytes);
         let wf = self.workflow(id)?.expect("caller loaded it");
-        if !wf.tasks[i].input_data.contains_key("items") {
+        if items_input(&wf.tasks[i].input_data).is_none() {
             let Some(expression) = wf.tasks[i].workflow_task.extra.get("items").cloned() else { return Ok(Ok(None)) };
             let input_bytes = size::map_within(&wf.tasks[i].input_data, cap.bytes).unwrap_or(cap.bytes);
             let room = cap.bytes.saturating_sub(input_bytes + 8);
@@ -101,7 +102,7 @@ impl<S: StateView> Exec<'_, S> {
             self.spend(bytes);
         }
         let wf = self.workflow(id)?.expect("caller loaded it");
-        Ok(match wf.tasks[i].input_data.get("items") {
+        Ok(match items_input(&wf.tasks[i].input_data) {
             Some(Value::Array(items)) if items.len() > usize::try_from(max_iterations).unwrap_or(usize::MAX) => {
                 let what = format_args!("DO_WHILE over {} items", items.len());
                 Err(Limits::breach(what, "maxDoWhileIterations", max_iterations))
@@ -167,7 +168,7 @@ impl<S: StateView> Exec<'_, S> {
         let loop_task = &mut wf.tasks[li];
         loop_task.update_time = now;
         // A loop over items ends after the last one, whatever its condition says.
-        let items = match loop_task.input_data.get("items") {
+        let items = match items_input(&loop_task.input_data) {
             Some(Value::Array(items)) => Some(items.len()),
             _ => None,
         };
@@ -214,7 +215,7 @@ impl<S: StateView> Exec<'_, S> {
 
 /// A DO_WHILE over items, about to run the item at `index` (0-based): `loopItem` and `loopIndex` in its output.
 pub(super) fn set_loop_item(loop_task: &mut Task, index: u32) {
-    let item = match loop_task.input_data.get("items") {
+    let item = match items_input(&loop_task.input_data) {
         Some(Value::Array(items)) => items.get(usize::try_from(index).unwrap_or(usize::MAX)).cloned(),
         _ => None,
     };
@@ -252,4 +253,10 @@ fn collect_refs(list: &[WorkflowTask]) -> BTreeSet<String> {
         stack.extend(t.children().map(|(_, child)| child));
     }
     out
+}
+
+/// The list a DO_WHILE iterates over, from its input: `items` (as Orkes documents it, and where the step's own
+/// `items` expression is resolved to) or `_items` (Conductor's input form).
+fn items_input(input: &Map<String, Value>) -> Option<&Value> {
+    input.get("items").or_else(|| input.get("_items"))
 }

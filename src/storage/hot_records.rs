@@ -1,4 +1,5 @@
-//! The definitions and per-type counters the state machine reads for nearly every command, kept decoded.
+//! The definitions, per-type counters and engine limits the state machine reads for nearly every command, kept
+//! decoded.
 //!
 //! Starting a workflow reads its definition (the latest version: a scan that decodes every version), scheduling a
 //! task reads its task definition, and every task that starts or ends reads its type's counters. From RocksDB each
@@ -16,6 +17,7 @@ use std::hash::Hash;
 use std::sync::Mutex;
 
 use crate::engine::definitions::{TaskDef, WorkflowDef};
+use crate::engine::limits::Limits;
 use crate::engine::model::TypeStats;
 use crate::engine::{self, Mutation};
 
@@ -34,6 +36,8 @@ struct Kept {
     workflow_defs: HashMap<(String, u32), Option<WorkflowDef>>,
     latest_workflow_defs: HashMap<String, Option<WorkflowDef>>,
     type_stats: HashMap<String, Option<TypeStats>>,
+    /// The cluster setting every workflow command applies with (None: not loaded yet).
+    limits: Option<Limits>,
 }
 
 impl HotRecords {
@@ -74,7 +78,18 @@ impl HotRecords {
         get_or_load(&mut self.lock().type_stats, task_type, load)
     }
 
-    /// Takes in what an entry wrote, once its WriteBatch is written: definitions are forgotten, counters kept.
+    /// The engine's limits, loaded with `load` when they are not kept.
+    pub fn limits<E>(&self, load: impl FnOnce() -> Result<Limits, E>) -> Result<Limits, E> {
+        if let Some(limits) = &self.lock().limits {
+            return Ok(limits.clone());
+        }
+        let limits = load()?;
+        self.lock().limits = Some(limits.clone());
+        Ok(limits)
+    }
+
+    /// Takes in what an entry wrote, once its WriteBatch is written: definitions are forgotten, counters and
+    /// limits kept as written.
     pub fn written(&self, mutations: &[Mutation]) {
         let mut kept = self.lock();
         for mutation in mutations {
@@ -94,8 +109,8 @@ impl HotRecords {
                 | Mutation::PutTaskIndex { .. }
                 | Mutation::DeleteTaskIndex { .. }
                 | Mutation::PutIdempotencyKey { .. }
-                | Mutation::PutLimits(_)
                 | Mutation::PutBenchValue { .. } => {}
+                Mutation::PutLimits(limits) => kept.limits = Some(limits.clone()),
             }
         }
     }

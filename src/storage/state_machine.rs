@@ -328,7 +328,7 @@ impl StateView for RocksView<'_> {
     }
 
     fn limits(&self) -> Result<Limits, StateError> {
-        read_limits(self.db).map_err(state_error)
+        self.records.limits(|| read_limits(self.db)).map_err(state_error)
     }
 }
 

@@ -279,3 +279,20 @@ fn a_script_result_over_the_output_limit_fails_the_task() {
         "the output of task 'code' is over 1000 bytes: limit maxTaskOutputBytes = 1000 reached"
     );
 }
+
+/// Conductor's own input form of the list: `inputParameters._items`.
+#[test]
+fn a_loop_over_underscore_items() {
+    let mut w = world_with(Limits::default());
+    w.workflow_def(json!({"name": "each", "tasks": [
+        {"name": "loop", "taskReferenceName": "loop", "type": "DO_WHILE",
+         "inputParameters": {"_items": ["a", "b"]},
+         "loopOver": [{"name": "work", "taskReferenceName": "work",
+                       "inputParameters": {"item": "${loop.output.loopItem}"}}]}]}));
+    let id = w.start("each", json!({}));
+    assert_eq!(w.task(&id, "work__1").input_data["item"], json!("a"));
+    w.complete(&id, "work__1", json!({}));
+    assert_eq!(w.task(&id, "work__2").input_data["item"], json!("b"));
+    w.complete(&id, "work__2", json!({}));
+    assert_eq!(w.status(&id), WorkflowStatus::Completed, "{}", w.dump(&id));
+}
