@@ -238,7 +238,7 @@ impl<S: StateView> Exec<'_, S> {
             retry.reset_for_new_attempt(self.now_ms);
             retry.retry_count += 1;
             retry.retried_task_id = Some(task.task_id.clone());
-            retry.visible_from = self.now_ms + delay_ms;
+            retry.visible_from = self.now_ms.saturating_add(delay_ms);
             retry.callback_after_seconds = delay_ms / 1000;
             self.push_task(id, retry)?;
             return Ok(());

@@ -96,7 +96,7 @@ impl<S: StateView> Exec<'_, S> {
             task.response_timeout_seconds = u64::try_from(def.response_timeout_seconds).unwrap_or(0);
         }
         if let Some(delay) = step.start_delay.filter(|d| *d > 0) {
-            task.visible_from = now + u64::try_from(delay).unwrap_or(0) * 1000;
+            task.visible_from = now.saturating_add(u64::try_from(delay).unwrap_or(0).saturating_mul(1000));
         }
         self.push_task(id, task)
     }

@@ -407,7 +407,9 @@ fn switch_case(step: &WorkflowTask, input: &Map<String, Value>) -> Option<String
 /// RFC 3339); 0 when it waits for a signal.
 fn wait_until(input: &Map<String, Value>, now_ms: u64) -> Result<u64, String> {
     if let Some(d) = input.get("duration").and_then(Value::as_str) {
-        return parse_duration_ms(d).map(|ms| now_ms + ms).ok_or_else(|| format!("WAIT: bad duration '{d}'"));
+        return parse_duration_ms(d)
+            .map(|ms| now_ms.saturating_add(ms))
+            .ok_or_else(|| format!("WAIT: bad duration '{d}'"));
     }
     if let Some(u) = input.get("until").and_then(Value::as_str) {
         return parse_until_ms(u).ok_or_else(|| format!("WAIT: bad until '{u}'"));

@@ -24,7 +24,8 @@ pub fn parse_duration_ms(text: &str) -> Option<u64> {
             "s" | "" | "sec" | "secs" | "second" | "seconds" => 1000,
             _ => return None,
         };
-        *total += n * ms;
+        // Saturating: a duration too long to count in ms is "forever", never a wrapped short one.
+        *total = total.saturating_add(n.saturating_mul(ms));
         number.clear();
         unit.clear();
         Some(())
@@ -62,6 +63,10 @@ pub fn parse_until_ms(text: &str) -> Option<u64> {
     let mut tm = time.split(':').map(|p| p.split('.').next().and_then(|s| s.parse::<i64>().ok()));
     let (h, mi) = (tm.next()??, tm.next()??);
     let s = tm.next().flatten().unwrap_or(0);
+    // Checked: a year of a billion digits' worth is not a date, and must not wrap into one.
+    if !(0..=9999).contains(&y) || !(0..24).contains(&h) || !(0..60).contains(&mi) || !(0..=60).contains(&s) {
+        return None;
+    }
     let days = days_from_civil(y, mo, day)?;
     let secs = days * 86_400 + h * 3600 + mi * 60 + s;
     u64::try_from(secs * 1000).ok()

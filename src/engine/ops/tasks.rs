@@ -139,8 +139,11 @@ impl<S: StateView> Exec<'_, S> {
                 // callbackAfterSeconds; WAIT and HUMAN stay IN_PROGRESS.
                 t.status = if is_system_type(&t.task_type) { TaskStatus::InProgress } else { TaskStatus::Scheduled };
                 t.callback_after_seconds = update.callback_after_seconds;
-                t.visible_from =
-                    if update.callback_after_seconds > 0 { now + update.callback_after_seconds * 1000 } else { 0 };
+                t.visible_from = if update.callback_after_seconds > 0 {
+                    now.saturating_add(update.callback_after_seconds.saturating_mul(1000))
+                } else {
+                    0
+                };
             }
             status => {
                 t.status = status;

@@ -25,7 +25,7 @@ impl<S: StateView> Exec<'_, S> {
         let mut due = u64::MAX;
         let def = &wf.workflow_definition;
         if def.timeout_seconds > 0 && def.timeout_policy == WorkflowTimeoutPolicy::TimeOutWf {
-            due = due.min(wf.start_time + u64::try_from(def.timeout_seconds).unwrap_or(0) * 1000);
+            due = due.min(wf.start_time.saturating_add(seconds_ms(def.timeout_seconds)));
         }
         for task in wf.tasks.iter().filter(|t| !t.status.is_terminal()) {
             if task.task_type == "WAIT" {
@@ -38,17 +38,19 @@ impl<S: StateView> Exec<'_, S> {
                 continue;
             }
             let Some(td) = self.effective_task_def(task)? else { continue };
-            let secs = |s: i64| u64::try_from(s).unwrap_or(0) * 1000;
+            let secs = seconds_ms;
             if task.status == TaskStatus::Scheduled && task.start_time == 0 {
                 if let Some(poll) = td.poll_timeout_seconds.filter(|s| *s > 0) {
-                    due = due.min(task.scheduled_time.max(task.visible_from) + secs(poll));
+                    due = due.min(task.scheduled_time.max(task.visible_from).saturating_add(secs(poll)));
                 }
             }
             if task.status == TaskStatus::InProgress && task.response_timeout_seconds > 0 {
-                due = due.min(task.update_time + (task.response_timeout_seconds + task.callback_after_seconds) * 1000);
+                let limit_ms =
+                    task.response_timeout_seconds.saturating_add(task.callback_after_seconds).saturating_mul(1000);
+                due = due.min(task.update_time.saturating_add(limit_ms));
             }
             if task.start_time > 0 && td.timeout_seconds > 0 && td.timeout_policy != TaskTimeoutPolicy::AlertOnly {
-                due = due.min(task.start_time + secs(td.timeout_seconds));
+                due = due.min(task.start_time.saturating_add(secs(td.timeout_seconds)));
             }
         }
         Ok(if due == u64::MAX { 0 } else { due })
@@ -64,7 +66,7 @@ impl<S: StateView> Exec<'_, S> {
         // The workflow's own timeout.
         let def = wf.workflow_definition.clone();
         if def.timeout_seconds > 0 && def.timeout_policy == WorkflowTimeoutPolicy::TimeOutWf {
-            let deadline = wf.start_time + u64::try_from(def.timeout_seconds).unwrap_or(0) * 1000;
+            let deadline = wf.start_time.saturating_add(seconds_ms(def.timeout_seconds));
             if now >= deadline {
                 let reason = format!(
                     "Workflow timed out after {} seconds. Timeout configured as {} seconds. Timeout policy configured to TIME_OUT_WF",
@@ -92,11 +94,11 @@ impl<S: StateView> Exec<'_, S> {
             if is_system_type(&task.task_type) {
                 continue;
             }
-            let Some(def) = self.task_def(&task.task_def_name)?.or_else(|| task.workflow_task.embedded_task_def())
-            else {
-                continue;
-            };
-            let secs = |s: i64| u64::try_from(s).unwrap_or(0) * 1000;
+            // The same definition `next_tick` timed the task with (Conductor's defaults when none is registered
+            // any more): a Tick that skipped it would leave the workflow due at once, and the leader ticking it
+            // forever (fuzz finding 1).
+            let Some(def) = self.effective_task_def(&task)? else { continue };
+            let secs = seconds_ms;
             let mut timed_out = None;
             let policy = serde_json::to_value(def.timeout_policy)
                 .ok()
@@ -105,7 +107,7 @@ impl<S: StateView> Exec<'_, S> {
             if task.status == TaskStatus::Scheduled && task.start_time == 0 {
                 if let Some(poll) = def.poll_timeout_seconds.filter(|s| *s > 0) {
                     let since = task.scheduled_time.max(task.visible_from);
-                    if now >= since + secs(poll) {
+                    if now >= since.saturating_add(secs(poll)) {
                         timed_out = Some(format!(
                             "Task poll timed out after {} seconds. Poll timeout configured as {poll} seconds. Timeout policy configured to {policy}",
                             (now - since) / 1000
@@ -114,15 +116,17 @@ impl<S: StateView> Exec<'_, S> {
                 }
             }
             if task.status == TaskStatus::InProgress && task.response_timeout_seconds > 0 {
-                let limit_ms = (task.response_timeout_seconds + task.callback_after_seconds) * 1000;
-                if now >= task.update_time + limit_ms {
+                let limit_ms =
+                    task.response_timeout_seconds.saturating_add(task.callback_after_seconds).saturating_mul(1000);
+                if now >= task.update_time.saturating_add(limit_ms) {
                     timed_out = Some(format!(
                         "responseTimeout: {} exceeded for the taskId: {} with Task Definition: {}",
                         task.response_timeout_seconds, task.task_id, task.task_def_name
                     ));
                 }
             }
-            if task.start_time > 0 && def.timeout_seconds > 0 && now >= task.start_time + secs(def.timeout_seconds) {
+            let timeout_at = task.start_time.saturating_add(secs(def.timeout_seconds));
+            if task.start_time > 0 && def.timeout_seconds > 0 && now >= timeout_at {
                 let reason = format!(
                     "Task timed out after {} seconds. Timeout configured as {} seconds. Timeout policy configured to {policy}",
                     (now - task.start_time) / 1000,
@@ -163,4 +167,10 @@ impl<S: StateView> Exec<'_, S> {
         self.schedule_decide(workflow_id);
         Ok(Ok(()))
     }
+}
+
+/// Seconds from a definition (any `i64`; negative counts as 0) in ms, saturating: a timeout of `i64::MAX` seconds
+/// means never, not a wrapped time in the past (fuzz finding 4).
+fn seconds_ms(seconds: i64) -> u64 {
+    u64::try_from(seconds).unwrap_or(0).saturating_mul(1000)
 }
