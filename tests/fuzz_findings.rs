@@ -99,12 +99,15 @@ fn a_deleted_task_definition_does_not_make_the_leader_tick_forever() {
 /// therefore copies the input 1,000 times: a start with a 1 MiB input (the API's default document limit) takes
 /// seconds of CPU on every replica. The same copy is made for each SUB_WORKFLOW's `subWorkflowParam` name and
 /// version (`start_child` resolves each with a resolver of its own): the fuzzer's case (seed 1006) spent 16 s of
-/// CPU in one Tick batch starting a fork of 1,449 sub-workflows named `${workflow.input.name}`.
+/// CPU in one Tick batch starting a fork of 1,449 sub-workflows named `${workflow.input.name}`. Fixed: paths read
+/// the members they name in place (`Roots::member`), and only a path over a whole root builds it, counted against
+/// the resolution's cap.
 #[test]
-#[ignore = "finding 2: each resolution copies the whole workflow input into its root (roots.rs workflow_root)"]
 fn a_wide_fork_does_not_copy_the_workflow_input_once_per_lane() {
     let lanes: Vec<Value> = (0..1000)
-        .map(|i| json!([{"name": "a", "taskReferenceName": format!("l{i}"), "inputParameters": {"x": "${workflow.input.x}"}}]))
+        .map(|i| {
+            json!([{"name": "a", "taskReferenceName": format!("l{i}"), "inputParameters": {"x": "${workflow.input.x}"}}])
+        })
         .collect();
     let items: Vec<Value> = (0..20_000).map(|i| json!({"k": i})).collect();
     let mut input = Map::new();
@@ -128,7 +131,9 @@ fn a_wide_fork_does_not_copy_the_workflow_input_once_per_lane() {
 #[test]
 fn registering_a_wide_fork_of_sub_workflows_walks_each_named_definition_once() {
     let big: Vec<Value> = (0..2000)
-        .map(|i| json!({"name": "a", "taskReferenceName": format!("a{i}"), "inputParameters": {"x": "${workflow.input.x}"}}))
+        .map(|i| {
+            json!({"name": "a", "taskReferenceName": format!("a{i}"), "inputParameters": {"x": "${workflow.input.x}"}})
+        })
         .collect();
     let lanes: Vec<Value> = (0..1500)
         .map(|i| {
@@ -174,11 +179,61 @@ fn a_poll_timeout_of_i64_max_seconds_never_fires() {
 /// children and failure workflows (whose input holds the failed workflow), each resolving hostile templates
 /// (`{"k0": "${workflow.input}", ..., "k99": ...}`) against roots that copy whole documents. Nothing bounds what
 /// one command builds in all: this minimised case (seed 3024; 34 KB) spends 1.8 s of CPU and 310 MiB in one start.
+/// Fixed: one command's steps and tasks (`maxStepsPerCommand`) and the bytes it builds, copies included
+/// (`maxBytesPerCommand`, 16 MiB), have budgets of their own; past them the decisions left go on in follow-up Ticks.
+/// Its start now takes about 0.5 s, the chain of failure workflows going on in Ticks of 0.2 to 0.6 s each.
 #[test]
-#[ignore = "finding 5: per-workflow byte limits times maxStartsPerCommand starts: no bound on one command's total"]
 fn one_start_does_not_build_a_chain_of_large_workflows() {
     let case: Case =
         serde_json::from_str(include_str!("fuzz/findings/5-one-start-builds-a-chain-of-large-workflows.json"))
             .expect("the recorded case parses");
     behaves(case.steps);
+}
+
+/// Findings 2 and 5 together (`crash:SIGXCPU`, seed 4006, at full sizes): a workflow whose FORK_JOIN of 842 lanes
+/// each starts a SUB_WORKFLOW named `${workflow.input.name}` is started with its own name and a 97 KB input. Each
+/// lane resolves its sub-workflow's name and version against a copy of the whole input (finding 2), and the start
+/// cascades through `maxStartsPerCommand` (256) copies of the workflow (finding 5): one apply ran past the child's
+/// 60 s CPU limit (that case is 4.7 MB; this reconstruction of it spent 2.2 s of CPU in one start, most of it
+/// copying the 842-lane definition for each child: a command now reads each definition once and shares it).
+#[test]
+fn a_self_forking_start_stays_within_a_second() {
+    let lanes: Vec<Value> = (0..842)
+        .map(|i| {
+            json!([{"name": "s", "taskReferenceName": format!("s{i}"), "type": "SUB_WORKFLOW",
+                    "subWorkflowParam": {"name": "${workflow.input.name}", "version": "${workflow.input.version}"}}])
+        })
+        .collect();
+    let big: Vec<Value> = (0..1000).map(|i| json!({"name": "a", "taskReferenceName": format!("d{i}")})).collect();
+    behaves(vec![
+        workflow_def(json!({"name": "self", "tasks": [
+            {"name": "f", "taskReferenceName": "f", "type": "FORK_JOIN", "forkTasks": lanes},
+            {"name": "j", "taskReferenceName": "j", "type": "JOIN"}]})),
+        start("wf-1", "self", json!({"name": "self", "big": big})),
+    ]);
+}
+
+/// Finding 6 (`bound:time:start_workflow`, seed 5001, and `bound:time:evaluated`, seed 5002, at full sizes): a
+/// FORK_JOIN of 443 NOOP lanes (760 SET_VARIABLE lanes in the other) and its JOIN, started. The engine runs one
+/// system task per decision step and looks at the JOIN after each, and the JOIN found each joined reference by a
+/// scan of the workflow's tasks (`Workflow::latest_by_ref` in `progress_joins`, src/engine/system_tasks.rs): a
+/// scan per lane per step, cubic in the width, 2.8 s of CPU in one start. Fixed: each look at the JOINs indexes the
+/// tasks by reference once; the roots of a resolution look each reference up once too.
+#[test]
+fn a_wide_join_of_system_tasks_is_not_cubic_in_its_width() {
+    let lanes: Vec<Value> = (0..1000)
+        .map(|i| {
+            json!([{"name": "v", "taskReferenceName": format!("v{i}"), "type": "SET_VARIABLE",
+                    "inputParameters": {"last": i}}])
+        })
+        .collect();
+    let state = plays(vec![
+        workflow_def(json!({"name": "wide", "tasks": [
+            {"name": "f", "taskReferenceName": "f", "type": "FORK_JOIN", "forkTasks": lanes},
+            {"name": "j", "taskReferenceName": "j", "type": "JOIN"}]})),
+        start("wf-1", "wide", json!({})),
+    ]);
+    let wf = &state.workflows["wf-1"];
+    assert_eq!(wf.status.as_str(), "COMPLETED", "{:?}", wf.reason_for_incompletion);
+    assert_eq!(wf.tasks.len(), 1002);
 }

@@ -180,6 +180,33 @@ async fn poisons_fail_their_own_workflow_and_nothing_else() -> Result<()> {
             "maxDoWhileIterations",
         ),
     ];
+    // Not a poison but its shape (fuzz finding 5): 200 sub-workflows of 200 lanes each, 40,000 tasks from one
+    // start. One command may take only maxStepsPerCommand steps: the starts and decisions left go on in the
+    // Ticks the leader's timers propose, and everything completes.
+    let noops: Vec<Value> =
+        (0..200).map(|i| json!([{"name": "n", "taskReferenceName": format!("n{i}"), "type": "NOOP"}])).collect();
+    register(
+        follower,
+        json!({"name": "wide_child", "tasks": [
+        {"name": "f", "taskReferenceName": "f", "type": "FORK_JOIN", "forkTasks": noops},
+        {"name": "j", "taskReferenceName": "j", "type": "JOIN"}]}),
+    )
+    .await?;
+    let subs: Vec<Value> = (0..200)
+        .map(|i| {
+            json!([{"name": "s", "taskReferenceName": format!("s{i}"), "type": "SUB_WORKFLOW",
+                    "subWorkflowParam": {"name": "${workflow.input.child}"}}])
+        })
+        .collect();
+    register(
+        follower,
+        json!({"name": "fan_out", "tasks": [
+        {"name": "f", "taskReferenceName": "f", "type": "FORK_JOIN", "forkTasks": subs},
+        {"name": "j", "taskReferenceName": "j", "type": "JOIN"}]}),
+    )
+    .await?;
+    let fan_out = start(follower, "fan_out", json!({"child": "wide_child"})).await?;
+
     let mut started = Vec::new();
     for (name, def, input, expected) in poisons {
         register(follower, def).await?;
@@ -228,6 +255,14 @@ async fn poisons_fail_their_own_workflow_and_nothing_else() -> Result<()> {
         ensure!(wf["status"] == "FAILED", "{name}: {} ({})", wf["status"], reasons(&wf));
         ensure!(reasons(&wf).contains(expected), "{name}: the reason does not name {expected}: {}", reasons(&wf));
     }
+
+    let wf = ended(follower, &fan_out, 120).await?;
+    eprintln!("fan_out: {} after {:?}", wf["status"], waiting.elapsed());
+    ensure!(wf["status"] == "COMPLETED", "fan_out: {} ({})", wf["status"], reasons(&wf));
+    let subs = wf["tasks"].as_array().map_or(0, |tasks| {
+        tasks.iter().filter(|t| t["taskType"] == "SUB_WORKFLOW" && t["status"] == "COMPLETED").count()
+    });
+    ensure!(subs == 200, "fan_out: {subs} of its 200 sub-workflows completed");
 
     for (a, id) in &ordinary {
         let wf = ended(follower, id, 60).await?;

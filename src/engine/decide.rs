@@ -19,7 +19,7 @@ use super::model::{too_deep, Task, TaskStatus, WorkflowStatus};
 use super::roots::workflow_output;
 use super::system_tasks::is_engine_task;
 use super::time::retry_delay_ms;
-use super::{size, StateError, StateView};
+use super::{StateError, StateView};
 
 /// Where a step sits in its definition: the list that holds it and what owns that list.
 #[derive(Debug, Clone, Copy)]
@@ -114,18 +114,25 @@ impl<S: StateView> Exec<'_, S> {
         wf.decision_pending = false;
         let def = std::sync::Arc::clone(&wf.workflow_definition);
         let index = DefIndex::new(&def);
-        let mut steps = 0;
         loop {
-            steps += 1;
-            if steps > self.limits().max_steps_per_decision {
-                // Not a failure: a long run of system tasks goes on in the next command (a Tick due at once), so
-                // no command does unbounded work and no legitimate workflow fails for being long.
+            if self.out_of_steps() {
+                // Not a failure: the rest goes on in the next command (a Tick due at once), so that no command
+                // does unbounded work and no legitimate workflow fails for being long or wide.
                 self.workflow(id)?.expect("loaded above").decision_pending = true;
                 return Ok(());
             }
+            self.count_step();
             let wf = self.workflow(id)?.expect("loaded above");
             if wf.status != WorkflowStatus::Running {
                 return Ok(());
+            }
+            // 0. A workflow with no tasks yet (just started, restarted or rerun from the start) starts with its
+            // first step.
+            if wf.tasks.is_empty() {
+                if let Some(first) = def.tasks.first() {
+                    self.schedule_step(id, first, 0, &index)?;
+                    continue;
+                }
             }
             // 1. A system task waiting to be run by the engine.
             if let Some(i) = wf
@@ -154,18 +161,16 @@ impl<S: StateView> Exec<'_, S> {
                 let wf_id = wf.workflow_id.clone();
                 let cap = self.cap("maxWorkflowOutputBytes", self.limits().max_workflow_output_bytes);
                 let wf = self.workflow(id)?.expect("loaded above");
-                let outcome = match workflow_output(wf, cap.bytes) {
-                    Err(Oversize) => Err(cap.breach("the workflow's output")),
-                    Ok(output) => match too_deep("the workflow's output", &output) {
-                        Some(reason) => Err(reason),
-                        None => Ok(output),
+                let (outcome, charged) = match workflow_output(wf, cap.bytes) {
+                    Err(Oversize) => (Err(cap.breach("the workflow's output")), cap.bytes),
+                    Ok((output, charged)) => match too_deep("the workflow's output", &output) {
+                        Some(reason) => (Err(reason), charged),
+                        None => (Ok(output), charged),
                     },
                 };
+                self.spend(charged);
                 match outcome {
-                    Ok(output) => {
-                        self.spend(size::map_within(&output, usize::MAX).unwrap_or(0));
-                        self.end_workflow(wf_id, WorkflowStatus::Completed, String::new(), Some(output))?
-                    }
+                    Ok(output) => self.end_workflow(wf_id, WorkflowStatus::Completed, String::new(), Some(output))?,
                     Err(reason) => self.end_workflow(wf_id, WorkflowStatus::Failed, reason, None)?,
                 }
             }

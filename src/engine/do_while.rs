@@ -93,13 +93,13 @@ impl<S: StateView> Exec<'_, S> {
             let Some(expression) = wf.tasks[i].workflow_task.extra.get("items").cloned() else { return Ok(Ok(None)) };
             let input_bytes = size::map_within(&wf.tasks[i].input_data, cap.bytes).unwrap_or(cap.bytes);
             let room = cap.bytes.saturating_sub(input_bytes + 8);
-            let Ok(items) = expr::resolve_within(&expression, &WorkflowRoots { wf }, room) else {
-                let what = format_args!("the input of DO_WHILE '{}' with its items", wf.tasks[i].reference_task_name);
+            let Ok((items, charged)) = expr::resolve_within(&expression, &WorkflowRoots::new(wf), room) else {
+                let what = format!("the input of DO_WHILE '{}' with its items", wf.tasks[i].reference_task_name);
+                self.spend(room);
                 return Ok(Err(cap.breach(what)));
             };
-            let bytes = size::value_within(&items, usize::MAX).unwrap_or(0);
             wf.tasks[i].input_data.insert("items".into(), items);
-            self.spend(bytes);
+            self.spend(charged);
         }
         let wf = self.workflow(id)?.expect("caller loaded it");
         Ok(match items_input(&wf.tasks[i].input_data) {

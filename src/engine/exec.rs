@@ -16,6 +16,7 @@
 //! next (the files named above).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -45,6 +46,8 @@ pub struct Exec<'s, S: StateView> {
     workflows: BTreeMap<String, Workflow>,
     dirty: BTreeSet<String>,
     task_defs: BTreeMap<String, Option<TaskDef>>,
+    /// Workflow definitions this command read, by name and version (`None`: the latest).
+    workflow_defs: BTreeMap<(String, Option<u32>), Option<Arc<WorkflowDef>>>,
     /// Workflows whose status or tasks changed and must be decided again (parents of finished children...).
     to_decide: BTreeSet<String>,
     /// Workflows created by this command whose first step is still to be scheduled, in creation order. Children
@@ -52,15 +55,18 @@ pub struct Exec<'s, S: StateView> {
     to_start: VecDeque<String>,
     /// Workflows this command started (bounded by [`Limits::max_starts_per_command`]).
     starts: u32,
+    /// Decision steps this command took and tasks it created, for every workflow together (bounded by
+    /// [`Limits::max_steps_per_command`]).
+    steps: u32,
     /// Bytes of values (task inputs and outputs, workflow inputs and outputs) this command has built so far, for
-    /// every workflow it touches: at most [`Limits::max_workflow_record_bytes`].
+    /// every workflow it touches: at most [`Limits::max_bytes_per_command`].
     built: usize,
     /// Tasks this command removed from their workflows (a DO_WHILE's `keepLastN`): their task index entries go.
     forgotten_tasks: Vec<String>,
     /// The bounds this command applies with.
     limits: Limits,
-    /// The workflow being ended was ended by an operator (no failure workflow).
-    pub(super) ending_by_operator: bool,
+    /// The workflow being ended starts no failure workflow: an operator ended it, or its parent's end did.
+    pub(super) skip_failure_workflow: bool,
     /// Idempotency keys recorded by this command.
     idempotency_keys: BTreeMap<String, String>,
     /// Per loaded workflow, its worker tasks IN_PROGRESS by type before this command (to keep counters exact).
@@ -116,13 +122,15 @@ impl<'s, S: StateView> Exec<'s, S> {
             workflows: BTreeMap::new(),
             dirty: BTreeSet::new(),
             task_defs: BTreeMap::new(),
+            workflow_defs: BTreeMap::new(),
             to_decide: BTreeSet::new(),
             to_start: VecDeque::new(),
             starts: 0,
+            steps: 0,
             built: 0,
             forgotten_tasks: Vec::new(),
             limits: Limits::default(),
-            ending_by_operator: false,
+            skip_failure_workflow: false,
             idempotency_keys: BTreeMap::new(),
             original_in_progress: BTreeMap::new(),
             original_max_seq: BTreeMap::new(),
@@ -182,12 +190,20 @@ impl<'s, S: StateView> Exec<'s, S> {
         Ok(def)
     }
 
-    /// The registered workflow definition: that version, or the latest.
-    pub fn workflow_def(&mut self, name: &str, version: Option<u32>) -> Result<Option<WorkflowDef>, StateError> {
-        match version {
-            Some(v) => self.state.workflow_def(name, v),
-            None => self.state.latest_workflow_def(name),
+    /// The registered workflow definition: that version, or the latest. Read once per command and shared: a
+    /// FORK of hundreds of sub-workflows of one definition copies it once, not once per child.
+    pub fn workflow_def(&mut self, name: &str, version: Option<u32>) -> Result<Option<Arc<WorkflowDef>>, StateError> {
+        let key = (name.to_string(), version);
+        if let Some(def) = self.workflow_defs.get(&key) {
+            return Ok(def.clone());
         }
+        let def = match version {
+            Some(v) => self.state.workflow_def(name, v)?,
+            None => self.state.latest_workflow_def(name)?,
+        }
+        .map(Arc::new);
+        self.workflow_defs.insert(key, def.clone());
+        Ok(def)
     }
 
     /// A task type's dispatch counters as this command sees them.
@@ -232,10 +248,10 @@ impl<'s, S: StateView> Exec<'s, S> {
     /// The most bytes a value about to be built may take: its own limit (`name`, of value `limit`), or what is
     /// left of this command's budget for building values when that is less.
     pub fn cap(&self, name: &'static str, limit: u32) -> Cap {
-        let record = self.limits.max_workflow_record_bytes;
-        let left = Limits::bytes(record).saturating_sub(self.built);
+        let budget = self.limits.max_bytes_per_command;
+        let left = Limits::bytes(budget).saturating_sub(self.built);
         if left < Limits::bytes(limit) {
-            Cap { bytes: left, name: "maxWorkflowRecordBytes", value: record }
+            Cap { bytes: left, name: "maxBytesPerCommand", value: budget }
         } else {
             Cap { bytes: Limits::bytes(limit), name, value: limit }
         }
@@ -278,27 +294,21 @@ impl<'s, S: StateView> Exec<'s, S> {
 
     /// Runs pending starts and decisions (cascading to parents), then hands back every changed workflow.
     ///
-    /// Starts are drained first and always completely: each one was counted against
-    /// [`Limits::max_starts_per_command`] when it was queued. Decisions past [`Limits::max_steps_per_decision`]
-    /// rounds are left to a follow-up `Tick` (the workflow is marked [`Workflow::decision_pending`]).
+    /// Starts are drained first: each one was counted against [`Limits::max_starts_per_command`] when it was
+    /// queued. Once the command has taken [`Limits::max_steps_per_command`] steps, what is left to start or decide
+    /// is left to a follow-up `Tick` (the workflow is marked [`Workflow::decision_pending`]; a workflow not yet
+    /// started has no tasks, and its decision starts it).
     pub fn finish(mut self) -> Result<(Vec<Mutation>, Transitions), StateError> {
-        let mut rounds = 0u32;
         loop {
             loop {
-                if let Some(id) = self.to_start.pop_front() {
-                    self.start(&id)?;
-                    continue;
-                }
-                let Some(id) = self.to_decide.pop_first() else { break };
-                rounds += 1;
-                if rounds > self.limits.max_steps_per_decision {
-                    for id in std::iter::once(id).chain(std::mem::take(&mut self.to_decide)) {
-                        if let Some(wf) = self.workflow(&id)? {
-                            wf.decision_pending = true;
-                        }
-                    }
-                    break;
-                }
+                let id = match self.to_start.pop_front() {
+                    Some(id) => id,
+                    None => match self.to_decide.pop_first() {
+                        Some(id) => id,
+                        None => break,
+                    },
+                };
+                // A start is a decision of a workflow with no tasks yet (see [`Exec::decide`]).
                 self.decide(&id)?;
             }
             // A workflow this command left larger than its record may be fails; ending it may start or decide
@@ -414,6 +424,18 @@ impl<'s, S: StateView> Exec<'s, S> {
             return Some(Limits::breach("too many workflows started by one command", "maxStartsPerCommand", limit));
         }
         None
+    }
+
+    /// Whether this command has taken all the steps it may ([`Limits::max_steps_per_command`]), or built half the
+    /// bytes it may ([`Limits::max_bytes_per_command`]: the other half is room for the step in progress).
+    pub(super) fn out_of_steps(&self) -> bool {
+        self.steps >= self.limits.max_steps_per_command
+            || self.built >= Limits::bytes(self.limits.max_bytes_per_command) / 2
+    }
+
+    /// Counts a decision step or a task created against this command's bound.
+    pub(super) fn count_step(&mut self) {
+        self.steps = self.steps.saturating_add(1);
     }
 
     /// Counts a start against this command's bound. Call before [`Exec::start`] or [`Exec::queue_start`].

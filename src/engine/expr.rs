@@ -99,7 +99,52 @@ const MAX_BRACKET_DEPTH: usize = 32;
 /// call of [`resolve`] or [`resolve_map`].
 pub trait Roots {
     /// The root document called `name`, or `None` if there is none (e.g. a task that has not been scheduled yet).
+    /// Built whole: asked only for the paths that need the whole document (`${workflow}`, `${ref..x}`), when
+    /// [`Roots::member`] answers [`Member::Whole`].
     fn root(&self, name: &str) -> Option<Value>;
+
+    /// The member `key` of the root called `name`, read in place: what most paths need (`${workflow.input.x}`
+    /// reads `input` of `workflow`), without building the root. The default answers [`Member::Whole`].
+    fn member(&self, name: &str, key: &str) -> Member<'_> {
+        let _ = (name, key);
+        Member::Whole
+    }
+
+    /// How many bytes (compact JSON) the whole root called `name` takes, measured up to `cap` (`None`: more).
+    /// Building a root is counted against a resolution's byte cap like the values it copies, so that a template
+    /// naming a large root a thousand times stops at the cap. The default, 0, suits roots that cost nothing.
+    fn whole_bytes(&self, name: &str, cap: usize) -> Option<usize> {
+        let _ = (name, cap);
+        Some(0)
+    }
+}
+
+/// A member of a root document, as [`Roots::member`] gives it.
+pub enum Member<'a> {
+    /// There is no root by that name.
+    NoRoot,
+    /// The root has no member by that name.
+    Absent,
+    /// The member, in place.
+    Value(&'a Value),
+    /// The member, an object kept as a map, in place.
+    Map(&'a Map<String, Value>),
+    /// The member, built (for small values: ids, times, statuses).
+    Owned(Value),
+    /// Only the whole root will do: ask [`Roots::root`].
+    Whole,
+}
+
+impl Member<'_> {
+    /// The member as a value of its own (`None` for [`Member::NoRoot`], [`Member::Absent`] and [`Member::Whole`]).
+    pub fn into_value(self) -> Option<Value> {
+        match self {
+            Member::Value(value) => Some(value.clone()),
+            Member::Map(map) => Some(Value::Object(map.clone())),
+            Member::Owned(value) => Some(value),
+            Member::NoRoot | Member::Absent | Member::Whole => None,
+        }
+    }
 }
 
 impl<F: Fn(&str) -> Option<Value>> Roots for F {
@@ -122,11 +167,14 @@ pub struct Oversize;
 /// [`resolve_map`] with a byte cap (compact JSON, as [`super::size`] measures): every value an expression copies
 /// out of a root is measured before it is copied, so a template that would build more than `cap` bytes (the same
 /// large input named a thousand times, a `$..*` over a deep document) stops there instead of being built whole.
+///
+/// Gives the map and the bytes the resolution counted against the cap: the values it copied, and the roots and
+/// objects it had to build whole for a query. On [`Oversize`], count the whole cap as spent.
 pub fn resolve_map_within(
     template: &BTreeMap<String, Value>,
     roots: &impl Roots,
     cap: usize,
-) -> Result<Map<String, Value>, Oversize> {
+) -> Result<(Map<String, Value>, usize), Oversize> {
     let mut resolver = Resolver::new(roots, cap);
     let mut out = Map::new();
     for (key, value) in template {
@@ -140,19 +188,19 @@ pub fn resolve_map_within(
         out.insert(key.clone(), value);
     }
     match super::size::map_within(&out, cap) {
-        Some(_) => Ok(out),
+        Some(_) => Ok((out, cap - resolver.budget.left)),
         None => Err(Oversize),
     }
 }
 
 /// [`resolve`] with a byte cap, as [`resolve_map_within`].
-pub fn resolve_within(template: &Value, roots: &impl Roots, cap: usize) -> Result<Value, Oversize> {
+pub fn resolve_within(template: &Value, roots: &impl Roots, cap: usize) -> Result<(Value, usize), Oversize> {
     let mut resolver = Resolver::new(roots, cap);
     let value = resolver.value(template);
     if resolver.budget.over || super::size::value_within(&value, cap).is_none() {
         return Err(Oversize);
     }
-    Ok(value)
+    Ok((value, cap - resolver.budget.left))
 }
 
 /// Resolves a map of parameters (a task's inputParameters), as Conductor builds a task's input.
@@ -419,42 +467,144 @@ impl<'r, R: Roots> Resolver<'r, R> {
             return Replacement::Single(Value::Null);
         };
         let definite = compiled.is_definite();
-        let query = if definite {
+        // Names and indexes are walked in place; the indefinite rest, from the first other step on, is an RFC 9535
+        // query over the node they lead to (the same matches as the whole path over the root).
+        let split = compiled.segments.iter().position(|s| matches!(s, Segment::Other(_)));
+        let (walked, rest) = compiled.segments.split_at(split.unwrap_or(compiled.segments.len()));
+        let query = if rest.is_empty() {
             None
         } else {
-            match JsonPath::parse(&compiled.rfc_query()) {
+            match JsonPath::parse(&rfc_query(rest)) {
                 Ok(query) => Some(query),
                 Err(_) => return Replacement::Single(Value::Null),
             }
         };
+        let nothing = || if definite { Replacement::Single(Value::Null) } else { Replacement::List(Vec::new()) };
+        if compiled.root == TASK_ID_PARAMETER {
+            return nothing();
+        }
         let function = compiled.function;
-        // Each value is measured against the cap before it is copied out of the root.
+        // Most paths start with a member of their root (`workflow.input`): read in place, nothing is built.
+        let roots = self.roots;
+        if let Some((Segment::Name(key), below)) = walked.split_first() {
+            let owned;
+            let node = match roots.member(&compiled.root, key) {
+                Member::NoRoot | Member::Absent => return nothing(),
+                Member::Value(value) => Node::Value(value),
+                Member::Map(map) => Node::Map(map),
+                Member::Owned(value) => {
+                    owned = value;
+                    Node::Value(&owned)
+                }
+                Member::Whole => Node::Whole,
+            };
+            if !matches!(node, Node::Whole) {
+                return matches_from(node, below, query.as_ref(), function, &mut self.budget);
+            }
+        }
+        // The whole root, built once per resolution and counted against the cap before it is.
+        if !self.fetched.contains_key(&compiled.root) {
+            let cost = roots.whole_bytes(&compiled.root, if self.budget.over { 0 } else { self.budget.left });
+            if !cost.is_some_and(|bytes| self.charge(bytes)) {
+                self.budget.over = true;
+                return nothing();
+            }
+        }
         let mut budget = self.budget;
         let Some(root) = self.root(&compiled.root) else {
-            return if definite { Replacement::Single(Value::Null) } else { Replacement::List(Vec::new()) };
+            return nothing();
         };
-        let replacement = match query {
-            None => {
-                let found = walk(root, &compiled.segments);
-                let value = match function {
-                    None => found.filter(|found| budget.charge_value(found)).cloned(),
-                    Some(Function::Size) => found.and_then(size_of),
-                };
-                Replacement::Single(value.unwrap_or(Value::Null))
-            }
-            Some(query) => {
-                let nodes = query.query(root).all();
-                Replacement::List(match function {
-                    None => nodes.into_iter().take_while(|node| budget.charge_value(node)).cloned().collect(),
-                    Some(Function::Size) => {
-                        nodes.into_iter().map(|node| size_of(node).unwrap_or(Value::Null)).collect()
-                    }
-                })
-            }
-        };
+        let replacement = matches_from(Node::Value(root), walked, query.as_ref(), function, &mut budget);
         self.budget = budget;
         replacement
     }
+}
+
+/// A node a path has reached: a value, or an object kept as a map by the roots.
+#[derive(Clone, Copy)]
+enum Node<'v> {
+    Value(&'v Value),
+    Map(&'v Map<String, Value>),
+    /// Not reached: the whole root is needed.
+    Whole,
+}
+
+impl<'v> Node<'v> {
+    /// One name or index down.
+    fn step(self, segment: &Segment) -> Option<Node<'v>> {
+        match (self, segment) {
+            (Node::Value(value), _) => walk(value, std::slice::from_ref(segment)).map(Node::Value),
+            (Node::Map(map), Segment::Name(name)) => map.get(name).map(Node::Value),
+            _ => None,
+        }
+    }
+
+    /// The node as a value, copied; its size is taken from `budget` first (None when it does not fit).
+    fn copy_within(self, budget: &mut Budget) -> Option<Value> {
+        match self {
+            Node::Value(value) => budget.charge_value(value).then(|| value.clone()),
+            Node::Map(map) => match super::size::map_within(map, if budget.over { 0 } else { budget.left }) {
+                Some(bytes) if budget.charge(bytes) => Some(Value::Object(map.clone())),
+                _ => {
+                    budget.over = true;
+                    None
+                }
+            },
+            Node::Whole => None,
+        }
+    }
+
+    /// Jayway's `length()` of the node.
+    fn size(self) -> Option<Value> {
+        match self {
+            Node::Value(value) => size_of(value),
+            Node::Map(map) => Some(Value::from(map.len())),
+            Node::Whole => None,
+        }
+    }
+}
+
+/// What a path gives from `node`: `walked` (names and indexes) followed in place, then `query` (the indefinite
+/// rest) over what they lead to, then `function`. Every value copied out is taken from `budget` first.
+fn matches_from(
+    mut node: Node<'_>,
+    walked: &[Segment],
+    query: Option<&JsonPath>,
+    function: Option<Function>,
+    budget: &mut Budget,
+) -> Replacement {
+    for segment in walked {
+        match node.step(segment) {
+            Some(next) => node = next,
+            None if query.is_none() => return Replacement::Single(Value::Null),
+            None => return Replacement::List(Vec::new()),
+        }
+    }
+    let Some(query) = query else {
+        let value = match function {
+            None => node.copy_within(budget),
+            Some(Function::Size) => node.size(),
+        };
+        return Replacement::Single(value.unwrap_or(Value::Null));
+    };
+    // The RFC engine reads values only: an object kept as a map is copied (and counted) for it.
+    let copied;
+    let value = match node {
+        Node::Value(value) => value,
+        Node::Map(_) => match node.copy_within(budget) {
+            Some(value) => {
+                copied = value;
+                &copied
+            }
+            None => return Replacement::List(Vec::new()),
+        },
+        Node::Whole => return Replacement::List(Vec::new()),
+    };
+    let nodes = query.query(value).all();
+    Replacement::List(match function {
+        None => nodes.into_iter().take_while(|node| budget.charge_value(node)).cloned().collect(),
+        Some(Function::Size) => nodes.into_iter().map(|node| size_of(node).unwrap_or(Value::Null)).collect(),
+    })
 }
 
 /// Builds the text of a string from its replacements, then applies the `$${` escape, as Conductor does.
@@ -610,18 +760,23 @@ impl CompiledPath {
 
     /// The steps below the root as an RFC 9535 query over the root's value.
     fn rfc_query(&self) -> String {
-        let mut out = String::from("$");
-        for segment in &self.segments {
-            match segment {
-                Segment::Name(name) => write_rfc_name(name, &mut out),
-                Segment::Index(index) => {
-                    let _ = write!(out, "[{index}]");
-                }
-                Segment::Other(text) => out.push_str(text),
-            }
-        }
-        out
+        rfc_query(&self.segments)
     }
+}
+
+/// Steps as an RFC 9535 query over the value they start from.
+fn rfc_query(segments: &[Segment]) -> String {
+    let mut out = String::from("$");
+    for segment in segments {
+        match segment {
+            Segment::Name(name) => write_rfc_name(name, &mut out),
+            Segment::Index(index) => {
+                let _ = write!(out, "[{index}]");
+            }
+            Segment::Other(text) => out.push_str(text),
+        }
+    }
+    out
 }
 
 /// Compiles a Jayway path; checks only what is needed to evaluate it (RFC parsing of indefinite steps is left to
@@ -1373,6 +1528,59 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "{} case(s) differ:\n{}", failures.len(), failures.join("\n"));
+    }
+
+    /// Roots that hand out members in place, as the engine's do (src/engine/roots.rs).
+    struct InPlace(Value);
+
+    impl Roots for InPlace {
+        fn root(&self, name: &str) -> Option<Value> {
+            self.0.get(name).cloned()
+        }
+
+        fn member(&self, name: &str, key: &str) -> Member<'_> {
+            match self.0.get(name).map(|root| root.get(key)) {
+                None => Member::NoRoot,
+                Some(None) => Member::Absent,
+                Some(Some(Value::Object(map))) => Member::Map(map),
+                Some(Some(value)) => Member::Value(value),
+            }
+        }
+
+        fn whole_bytes(&self, name: &str, cap: usize) -> Option<usize> {
+            self.0.get(name).map_or(Some(0), |root| super::super::size::value_within(root, cap))
+        }
+    }
+
+    #[test]
+    fn members_read_in_place_resolve_as_whole_roots_do() {
+        let roots = InPlace(document());
+        let mut failures = Vec::new();
+        for (template, _) in CASES {
+            let whole = run(template);
+            let in_place = resolve(&Value::String((*template).to_owned()), &roots);
+            if whole != in_place {
+                failures.push(format!("{template}\n   whole roots {whole}\n   in place    {in_place}"));
+            }
+        }
+        assert!(failures.is_empty(), "{} case(s) differ:\n{}", failures.len(), failures.join("\n"));
+    }
+
+    #[test]
+    fn what_a_query_must_build_whole_counts_against_the_cap() {
+        let big: Vec<Value> = (0..1000).map(|i| json!({"k": i})).collect();
+        let roots = InPlace(json!({"workflow": {"input": {"n": 2, "big": big}}}));
+        let cap = 200;
+        // A member read in place costs what it copies: two bytes.
+        assert_eq!(resolve_within(&json!("${workflow.input.n}"), &roots, cap), Ok((json!(2), 1)));
+        // A query over the whole root, or over an object kept as a map, builds it first: counted, so over the cap.
+        for path in ["${workflow..n}", "${workflow.input.*}", "${workflow}"] {
+            assert_eq!(resolve_within(&json!(path), &roots, cap), Err(Oversize), "{path}");
+        }
+        // Under a cap that fits, the same queries resolve, and say what they counted.
+        let (found, charged) = resolve_within(&json!("${workflow..n}"), &roots, 1 << 20).expect("fits");
+        assert_eq!(found, json!([2]));
+        assert!(charged > 9_000, "the root built for the query is counted: {charged}");
     }
 
     #[test]

@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Map, Value};
 
-use super::decide::DefIndex;
 use super::definitions::WorkflowDef;
 use super::exec::{derive_id, Exec};
 use super::expr;
@@ -23,7 +22,7 @@ use super::{size, StateError, StateView};
 /// A new RUNNING workflow with nothing scheduled yet.
 pub fn new_workflow(
     workflow_id: String,
-    def: WorkflowDef,
+    def: std::sync::Arc<WorkflowDef>,
     mut input: Map<String, Value>,
     correlation_id: Option<String>,
     priority: u32,
@@ -57,7 +56,7 @@ pub fn new_workflow(
         start_time: now_ms,
         update_time: now_ms,
         end_time: 0,
-        workflow_definition: std::sync::Arc::new(def),
+        workflow_definition: def,
         tasks: Vec::new(),
         next_seq: 0,
         failure_workflow_id: None,
@@ -67,15 +66,14 @@ pub fn new_workflow(
     }
 }
 
+/// The most bytes a SUB_WORKFLOW's `subWorkflowParam` name or version may resolve to: more than any definition's
+/// name (512 bytes) or version takes.
+const MAX_NAME_TEMPLATE_BYTES: usize = 1024;
+
 impl<S: StateView> Exec<'_, S> {
-    /// Schedules the first step of a new workflow (or completes it when it has none).
+    /// Starts a workflow that has no tasks yet: its first decision schedules its first step (or completes it when
+    /// it has none). Like any decision, it is left to a follow-up Tick when the command has taken all its steps.
     pub fn start(&mut self, id: &str) -> Result<(), StateError> {
-        let wf = self.workflow(id)?.expect("caller inserted it");
-        let def = std::sync::Arc::clone(&wf.workflow_definition);
-        let index = DefIndex::new(&def);
-        if let Some(first) = wf.workflow_definition.tasks.first().cloned() {
-            self.schedule_step(id, &first, 0, &index)?;
-        }
         self.decide(id)
     }
 
@@ -100,9 +98,14 @@ impl<S: StateView> Exec<'_, S> {
             let param = task.workflow_task.extra.get("subWorkflowParam").cloned().unwrap_or(Value::Null);
             // The name and version may be expressions, resolved now (Conductor's SubWorkflowTaskMapper); an inline
             // definition's own expressions are the child's, left alone.
-            let roots = WorkflowRoots { wf };
-            let name = param.get("name").map(|n| expr::resolve(n, &roots));
-            let version = param.get("version").map(|v| expr::resolve(v, &roots));
+            // A name or version longer than any definition's is none (a `${workflow.input}` in their place is not
+            // copied whole).
+            let roots = WorkflowRoots::new(wf);
+            let resolve = |template: &Value| {
+                expr::resolve_within(template, &roots, MAX_NAME_TEMPLATE_BYTES).map_or(Value::Null, |(value, _)| value)
+            };
+            let name = param.get("name").map(resolve);
+            let version = param.get("version").map(resolve);
             let version = match version {
                 Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
                 Some(v) => v.as_u64(),
@@ -117,7 +120,9 @@ impl<S: StateView> Exec<'_, S> {
             )
         };
         let def = match inline {
-            Some(Value::Object(_)) => serde_json::from_value::<WorkflowDef>(inline.unwrap_or(Value::Null)).ok(),
+            Some(Value::Object(_)) => {
+                serde_json::from_value::<WorkflowDef>(inline.unwrap_or(Value::Null)).ok().map(std::sync::Arc::new)
+            }
             _ => match &name {
                 Some(n) => self.workflow_def(n, version)?,
                 None => None,
@@ -178,6 +183,7 @@ impl<S: StateView> Exec<'_, S> {
         output: Option<Map<String, Value>>,
     ) -> Result<(), StateError> {
         let now = self.now_ms;
+        let quietly = std::mem::take(&mut self.skip_failure_workflow);
         let wf = self.workflow(&id)?.expect("caller loaded it");
         if wf.status.is_terminal() {
             return Ok(());
@@ -203,27 +209,28 @@ impl<S: StateView> Exec<'_, S> {
             }
         }
         let parent = wf.parent_workflow_id.clone().zip(wf.parent_workflow_task_id.clone());
-        let failure_workflow = wf.workflow_definition.failure_workflow.clone().filter(|s| !s.is_empty());
-        let snapshot = wf.clone();
-        // A terminated or failed parent terminates its running children.
+        let failure_workflow = wf.workflow_definition.failure_workflow.clone().filter(|s| !s.is_empty()).filter(|_| {
+            !quietly && matches!(status, WorkflowStatus::Failed | WorkflowStatus::TimedOut | WorkflowStatus::Terminated)
+        });
+        // The workflow as it ended, for its parent and its failure workflow (copied only when one needs it).
+        let snapshot = (parent.is_some() || failure_workflow.is_some()).then(|| wf.clone());
+        // A terminated or failed parent terminates its running children, which start no failure workflow of their
+        // own (Conductor terminates them with none).
         if status != WorkflowStatus::Completed {
             for child in children {
                 let reason = format!("parent workflow {id} ended: {}", status.as_str());
                 if self.workflow(&child)?.is_some() {
+                    self.skip_failure_workflow = true;
                     self.end_workflow(child, WorkflowStatus::Terminated, reason, None)?;
                 }
             }
         }
+        let Some(snapshot) = snapshot else { return Ok(()) };
         if let Some((parent_id, parent_task)) = parent {
             self.child_ended(&parent_id, &parent_task, &snapshot)?;
         }
-        let by_operator = std::mem::take(&mut self.ending_by_operator);
-        if !by_operator
-            && matches!(status, WorkflowStatus::Failed | WorkflowStatus::TimedOut | WorkflowStatus::Terminated)
-        {
-            if let Some(name) = failure_workflow {
-                self.start_failure_workflow(&snapshot, &name, status)?;
-            }
+        if let Some(name) = failure_workflow {
+            self.start_failure_workflow(snapshot, &name, status)?;
         }
         Ok(())
     }
@@ -231,9 +238,9 @@ impl<S: StateView> Exec<'_, S> {
     /// Ends a workflow at an operator's request (terminate API): like [`Exec::end_workflow`], but Conductor starts
     /// no failure workflow for it.
     pub fn terminate_by_operator(&mut self, id: &str, reason: &str) -> Result<(), StateError> {
-        self.ending_by_operator = true;
+        self.skip_failure_workflow = true;
         let result = self.end_workflow(id.to_string(), WorkflowStatus::Terminated, reason.to_string(), None);
-        self.ending_by_operator = false;
+        self.skip_failure_workflow = false;
         result
     }
 
@@ -286,44 +293,43 @@ impl<S: StateView> Exec<'_, S> {
 
     /// Starts the failure workflow `name` of a workflow that ended with `status`, with Conductor's input (the failed
     /// workflow, its reason, its failed task); when a limit refuses it, the failed workflow's reason says why.
+    /// Everything is measured before it is copied: the failed workflow may be as large as its record limit.
     fn start_failure_workflow(
         &mut self,
-        failed: &Workflow,
+        mut failed: Workflow,
         name: &str,
         status: WorkflowStatus,
     ) -> Result<(), StateError> {
         let Some(def) = self.workflow_def(name, None)? else { return Ok(()) };
-        let failed_task = failed.tasks.iter().rev().find(|t| {
-            matches!(t.status, TaskStatus::Failed | TaskStatus::FailedWithTerminalError | TaskStatus::TimedOut)
-        });
-        let mut input = failed.input.clone();
-        input.insert("workflowId".into(), json!(failed.workflow_id));
-        input.insert("reason".into(), json!(failed.reason_for_incompletion.clone().unwrap_or_default()));
-        input.insert("failureStatus".into(), json!(status.as_str()));
-        if let Some(t) = failed_task {
-            input.insert("failureTaskId".into(), json!(t.task_id));
-        }
-        // The failed workflow whole when it fits the input limit, else without its tasks (measured, not built).
-        let input_limit = self.limits().max_workflow_input_bytes;
-        let failed_workflow = if size::record_within(failed, Limits::bytes(input_limit) / 2).is_some() {
-            serde_json::to_value(failed)
-        } else {
-            serde_json::to_value(Workflow { tasks: Vec::new(), ..failed.clone() })
-        };
-        input.insert("failedWorkflow".into(), failed_workflow.unwrap_or(Value::Null));
         let id = derive_id(&format!("{}/failure-workflow", failed.workflow_id));
-        // A failure workflow's input holds the failed workflow, whose own values may already nest close to
-        // MAX_VALUE_DEPTH, hence the looser bound; a chain of failing failure workflows nests a few levels more
-        // each time and ends at it, well before the state machine could no longer read the input back.
-        if self.exists(&id)? || map_nests_deeper_than(&input, 4 * MAX_VALUE_DEPTH) {
+        if self.exists(&id)? {
             return Ok(());
         }
+        let input_limit = self.limits().max_workflow_input_bytes;
+        let cap = self.cap("maxWorkflowInputBytes", input_limit);
         let depth = failed.start_depth.saturating_add(1);
         let mut refused = self.start_refusal(depth);
-        if refused.is_none() {
-            refused = self.map_refusal("its input", &input, "maxWorkflowInputBytes", input_limit);
+        // The input: the failed workflow's own, a few fields, and the failed workflow whole when it takes at most
+        // half of what is left, else without its tasks.
+        let own = size::map_within(&failed.input, cap.bytes);
+        let room = own.map_or(0, |own| cap.bytes.saturating_sub(own + 512));
+        let failed_task_id = failed
+            .tasks
+            .iter()
+            .rev()
+            .find(|t| {
+                matches!(t.status, TaskStatus::Failed | TaskStatus::FailedWithTerminalError | TaskStatus::TimedOut)
+            })
+            .map(|t| t.task_id.clone());
+        if size::record_within(&failed, room / 2).is_none() {
+            failed.tasks = Vec::new();
+        }
+        let whole = size::record_within(&failed, room);
+        if refused.is_none() && (own.is_none() || whole.is_none()) {
+            refused = Some(cap.breach("its input"));
         }
         if let Some(reason) = refused {
+            self.spend(own.unwrap_or(cap.bytes));
             if let Some(failed_wf) = self.workflow(&failed.workflow_id)? {
                 let said = failed_wf.reason_for_incompletion.take().unwrap_or_default();
                 failed_wf.reason_for_incompletion =
@@ -331,6 +337,21 @@ impl<S: StateView> Exec<'_, S> {
             }
             return Ok(());
         }
+        let mut input = failed.input.clone();
+        input.insert("workflowId".into(), json!(failed.workflow_id));
+        input.insert("reason".into(), json!(failed.reason_for_incompletion.clone().unwrap_or_default()));
+        input.insert("failureStatus".into(), json!(status.as_str()));
+        if let Some(task_id) = failed_task_id {
+            input.insert("failureTaskId".into(), json!(task_id));
+        }
+        input.insert("failedWorkflow".into(), serde_json::to_value(&failed).unwrap_or(Value::Null));
+        // A failure workflow's input holds the failed workflow, whose own values may already nest close to
+        // MAX_VALUE_DEPTH, hence the looser bound; a chain of failing failure workflows nests a few levels more
+        // each time and ends at it, well before the state machine could no longer read the input back.
+        if map_nests_deeper_than(&input, 4 * MAX_VALUE_DEPTH) {
+            return Ok(());
+        }
+        self.spend(own.unwrap_or(0).saturating_add(whole.unwrap_or(0)));
         let mut wf =
             new_workflow(id.clone(), def, input, failed.correlation_id.clone(), failed.priority, None, self.now_ms);
         wf.start_depth = depth;

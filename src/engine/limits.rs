@@ -25,9 +25,13 @@ pub struct Limits {
     /// Most task executions one workflow may hold, retries and loop iterations included. The workflow fails when a
     /// task would pass it.
     pub max_tasks_per_workflow: u32,
-    /// Most steps the decider takes for one workflow in one command. A longer run of system tasks is not an error:
-    /// the decision goes on in a follow-up `Tick`, due at once.
-    pub max_steps_per_decision: u32,
+    /// Most steps the decider takes in one command, for all the workflows the command touches together; each task
+    /// created counts as a step too (a FORK of 500 lanes is 501). Reaching it is not an error: the decisions left
+    /// go on in a follow-up `Tick`, due at once, so that no command does unbounded work and no legitimate workflow
+    /// fails for being long or wide. (Called `maxStepsPerDecision`, per workflow, before 0.x; that name is read
+    /// as this one.)
+    #[serde(alias = "maxStepsPerDecision")]
+    pub max_steps_per_command: u32,
     /// Most tasks one FORK_JOIN_DYNAMIC may fork. The fork task fails terminally beyond it.
     pub max_dynamic_fork_tasks: u32,
     /// Most iterations of one DO_WHILE. The loop task fails when its condition asks for one more.
@@ -46,9 +50,13 @@ pub struct Limits {
     /// variables stay as they were.
     pub max_workflow_variables_bytes: u32,
     /// Most bytes of a workflow's whole record (its tasks with their inputs and outputs, its input, output and
-    /// variables). The workflow fails when a command leaves it larger, and a command stops building values for
-    /// the workflows it touches once they have grown by this much in it.
+    /// variables). The workflow fails when a command leaves it larger.
     pub max_workflow_record_bytes: u32,
+    /// Most bytes of values one command builds, for all the workflows it touches together (task inputs and
+    /// outputs, workflow inputs and outputs, what templates copy). Past half of it, the command takes no new
+    /// decision step: the decisions left go on in a follow-up `Tick`. A value that would pass it fails its task or
+    /// workflow, naming it (a single step, a FORK of many lanes copying a large input, can get there).
+    pub max_bytes_per_command: u32,
 }
 
 const KIB: u32 = 1024;
@@ -60,7 +68,7 @@ impl Default for Limits {
             max_start_depth: 32,
             max_starts_per_command: 256,
             max_tasks_per_workflow: 10_000,
-            max_steps_per_decision: 1000,
+            max_steps_per_command: 10_000,
             max_dynamic_fork_tasks: 1000,
             max_do_while_iterations: 1000,
             // Conductor's thresholds past which it moves a payload out of its database
@@ -72,6 +80,9 @@ impl Default for Limits {
             max_workflow_output_bytes: 5 * MIB,
             max_workflow_variables_bytes: 256 * KIB,
             max_workflow_record_bytes: 32 * MIB,
+            // About half a second of one core for the worst shapes of values (millions of small nodes, each built,
+            // measured, copied and dropped), with room for legitimate large steps.
+            max_bytes_per_command: 16 * MIB,
         }
     }
 }
@@ -82,7 +93,7 @@ pub const CEILINGS: Limits = Limits {
     max_start_depth: 256,
     max_starts_per_command: 10_000,
     max_tasks_per_workflow: 1_000_000,
-    max_steps_per_decision: 100_000,
+    max_steps_per_command: 100_000,
     max_dynamic_fork_tasks: 100_000,
     max_do_while_iterations: 1_000_000,
     max_task_input_bytes: 64 * MIB,
@@ -91,6 +102,7 @@ pub const CEILINGS: Limits = Limits {
     max_workflow_output_bytes: 64 * MIB,
     max_workflow_variables_bytes: 64 * MIB,
     max_workflow_record_bytes: 256 * MIB,
+    max_bytes_per_command: 256 * MIB,
 };
 
 impl Limits {
@@ -100,7 +112,7 @@ impl Limits {
             ("maxStartDepth", self.max_start_depth, CEILINGS.max_start_depth),
             ("maxStartsPerCommand", self.max_starts_per_command, CEILINGS.max_starts_per_command),
             ("maxTasksPerWorkflow", self.max_tasks_per_workflow, CEILINGS.max_tasks_per_workflow),
-            ("maxStepsPerDecision", self.max_steps_per_decision, CEILINGS.max_steps_per_decision),
+            ("maxStepsPerCommand", self.max_steps_per_command, CEILINGS.max_steps_per_command),
             ("maxDynamicForkTasks", self.max_dynamic_fork_tasks, CEILINGS.max_dynamic_fork_tasks),
             ("maxDoWhileIterations", self.max_do_while_iterations, CEILINGS.max_do_while_iterations),
             ("maxTaskInputBytes", self.max_task_input_bytes, CEILINGS.max_task_input_bytes),
@@ -109,6 +121,7 @@ impl Limits {
             ("maxWorkflowOutputBytes", self.max_workflow_output_bytes, CEILINGS.max_workflow_output_bytes),
             ("maxWorkflowVariablesBytes", self.max_workflow_variables_bytes, CEILINGS.max_workflow_variables_bytes),
             ("maxWorkflowRecordBytes", self.max_workflow_record_bytes, CEILINGS.max_workflow_record_bytes),
+            ("maxBytesPerCommand", self.max_bytes_per_command, CEILINGS.max_bytes_per_command),
         ];
         fields
             .into_iter()

@@ -18,7 +18,7 @@ use super::limits::Limits;
 use super::model::{too_deep, Task, TaskStatus, WorkflowStatus};
 use super::roots::WorkflowRoots;
 use super::system_tasks::is_system_type;
-use super::{StateError, StateView};
+use super::{size, StateError, StateView};
 
 impl<S: StateView> Exec<'_, S> {
     /// Creates the task execution of a step and queues it (workers' tasks) or leaves it for the engine (system).
@@ -50,10 +50,14 @@ impl<S: StateView> Exec<'_, S> {
         };
         let cap = self.cap("maxTaskInputBytes", self.limits().max_task_input_bytes);
         let wf = self.workflow(id)?.expect("caller loaded it");
-        let Ok(input) = expr::resolve_map_within(&step.input_parameters, &WorkflowRoots { wf }, cap.bytes) else {
+        // What the resolution copied and built counts against the command's budget, whether or not it fits.
+        let Ok((input, charged)) = expr::resolve_map_within(&step.input_parameters, &WorkflowRoots::new(wf), cap.bytes)
+        else {
+            self.spend(cap.bytes);
             let reason = cap.breach(format_args!("the input of task '{full_ref}'"));
             return self.fail_unscheduled(id, &step, iteration, Map::new(), task_type, reason);
         };
+        self.spend(charged);
         if let Some(reason) = too_deep("the resolved input", &input) {
             // Kept empty: the input is what cannot be stored.
             return self.fail_unscheduled(id, &step, iteration, Map::new(), task_type, reason);
@@ -85,11 +89,16 @@ impl<S: StateView> Exec<'_, S> {
                 if let Some(reason) = defaulted.then(|| too_deep("the input with its template", &input)).flatten() {
                     return self.fail_unscheduled(id, &step, iteration, Map::new(), task_type, reason);
                 }
+                // The template's defaults count too (the definition is registered, so they are bounded, but they
+                // are copied into every task).
+                if defaulted {
+                    let Some(bytes) = size::map_within(&input, cap.bytes) else {
+                        let reason = cap.breach(format_args!("the input of task '{full_ref}' with its template"));
+                        return self.fail_unscheduled(id, &step, iteration, Map::new(), task_type, reason);
+                    };
+                    self.spend(bytes.saturating_sub(charged));
+                }
             }
-        }
-        let what = format_args!("the input of task '{full_ref}'");
-        if let Some(reason) = self.map_refusal(what, &input, "maxTaskInputBytes", self.limits().max_task_input_bytes) {
-            return self.fail_unscheduled(id, &step, iteration, Map::new(), task_type, reason);
         }
         let mut task = self.new_task(id, &step, iteration, input, task_type)?;
         if let Some(def) = self.task_def(&step.name)?.or_else(|| step.embedded_task_def()) {
@@ -171,6 +180,7 @@ impl<S: StateView> Exec<'_, S> {
     /// Appends a task to workflow `id` (renumbered when tasks were added since it was made); a workflow that has
     /// [`Limits::max_tasks_per_workflow`] tasks already fails instead.
     pub(crate) fn push_task(&mut self, id: &str, mut task: Task) -> Result<(), StateError> {
+        self.count_step();
         let limit = self.limits().max_tasks_per_workflow;
         let wf = self.workflow(id)?.expect("caller loaded it");
         if wf.tasks.len() >= usize::try_from(limit).unwrap_or(usize::MAX) {

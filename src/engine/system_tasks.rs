@@ -8,6 +8,8 @@
 //! reaches it, including when a JOIN completes. Must not touch: what follows the task ([`decide`](super::decide)),
 //! or user code (never run in apply).
 
+use std::collections::HashMap;
+
 use serde_json::{json, Map, Value};
 
 use super::decide::{DefIndex, Next};
@@ -238,22 +240,34 @@ impl<S: StateView> Exec<'_, S> {
         let now = self.now_ms;
         let cap = self.cap("maxTaskOutputBytes", self.limits().max_task_output_bytes);
         let wf = self.workflow(id)?.expect("caller loaded it");
-        for i in 0..wf.tasks.len() {
+        let joins: Vec<usize> = (0..wf.tasks.len())
+            .filter(|&i| wf.tasks[i].status == TaskStatus::InProgress && wf.tasks[i].task_type == "JOIN")
+            .collect();
+        if joins.is_empty() {
+            return Ok(false);
+        }
+        // Each reference's latest execution, found once: a JOIN of thousands of lanes looks each one up.
+        let mut latest: HashMap<&str, usize> = HashMap::with_capacity(wf.tasks.len());
+        for (i, t) in wf.tasks.iter().enumerate() {
+            latest.insert(t.reference_task_name.as_str(), i);
+        }
+        let mut moved = None;
+        for i in joins {
             let t = &wf.tasks[i];
-            if t.status != TaskStatus::InProgress || t.task_type != "JOIN" {
-                continue;
-            }
             let join_on: Vec<String> = match t.input_data.get("joinOn") {
                 Some(Value::Array(refs)) => refs.iter().filter_map(|r| r.as_str().map(str::to_string)).collect(),
                 _ => t.workflow_task.join_on(),
             };
             let suffix = iteration_suffix(t.iteration);
+            let joined: Vec<(&String, Option<&Task>)> = join_on
+                .iter()
+                .map(|r| (r, latest.get(format!("{r}{suffix}").as_str()).map(|&j| &wf.tasks[j])))
+                .collect();
             let mut all_done = true;
             let mut with_errors = false;
             let mut failures = Vec::new();
-            for r in &join_on {
-                let full = format!("{r}{suffix}");
-                match wf.latest_by_ref(&full) {
+            for (_, joined) in &joined {
+                match joined {
                     Some(joined) if joined.status.is_successful() && joined.executed => {
                         with_errors |= joined.status == TaskStatus::CompletedWithErrors;
                     }
@@ -270,19 +284,15 @@ impl<S: StateView> Exec<'_, S> {
                 }
             }
             if !failures.is_empty() {
-                let t = &mut wf.tasks[i];
-                t.status = TaskStatus::Failed;
-                t.reason_for_incompletion = Some(failures.join(" "));
-                t.end_time = now;
-                t.update_time = now;
-                return Ok(true);
+                moved = Some((i, JoinEnd::Failed(failures.join(" "))));
+                break;
             }
             if all_done {
                 // The joined outputs, each measured before it is copied: together they may not pass the cap.
                 let mut output = Map::new();
                 let mut left = Some(cap.bytes.saturating_sub(2));
-                for r in &join_on {
-                    let Some(joined) = wf.latest_by_ref(&format!("{r}{suffix}")) else { continue };
+                for (r, joined) in &joined {
+                    let Some(joined) = joined else { continue };
                     if joined.output_data.is_empty() {
                         continue;
                     }
@@ -291,25 +301,37 @@ impl<S: StateView> Exec<'_, S> {
                     if left.is_none() {
                         break;
                     }
-                    output.insert(r.clone(), Value::Object(joined.output_data.clone()));
+                    output.insert((*r).clone(), Value::Object(joined.output_data.clone()));
                 }
-                let built = cap.bytes - left.unwrap_or(0);
-                let t = &mut wf.tasks[i];
-                t.end_time = now;
-                t.update_time = now;
-                if left.is_none() {
-                    t.status = TaskStatus::FailedWithTerminalError;
-                    t.reason_for_incompletion =
-                        Some(cap.breach(format_args!("the output of JOIN '{}'", t.reference_task_name)));
-                    return Ok(true);
-                }
+                let end = match left {
+                    None => JoinEnd::Oversized,
+                    Some(left) => JoinEnd::Joined { output, with_errors, built: cap.bytes - left },
+                };
+                moved = Some((i, end));
+                break;
+            }
+        }
+        let Some((i, end)) = moved else { return Ok(false) };
+        let t = &mut wf.tasks[i];
+        t.end_time = now;
+        t.update_time = now;
+        match end {
+            JoinEnd::Failed(reason) => {
+                t.status = TaskStatus::Failed;
+                t.reason_for_incompletion = Some(reason);
+            }
+            JoinEnd::Oversized => {
+                t.status = TaskStatus::FailedWithTerminalError;
+                t.reason_for_incompletion =
+                    Some(cap.breach(format_args!("the output of JOIN '{}'", t.reference_task_name)));
+            }
+            JoinEnd::Joined { output, with_errors, built } => {
                 t.status = if with_errors { TaskStatus::CompletedWithErrors } else { TaskStatus::Completed };
                 t.output_data = output;
                 self.spend(built);
-                return Ok(true);
             }
         }
-        Ok(false)
+        Ok(true)
     }
 
     /// TERMINATE: ends the workflow with the status, reason and output its input gives.
@@ -415,4 +437,14 @@ fn wait_until(input: &Map<String, Value>, now_ms: u64) -> Result<u64, String> {
         return parse_until_ms(u).ok_or_else(|| format!("WAIT: bad until '{u}'"));
     }
     Ok(0)
+}
+
+/// How a JOIN whose joined tasks are done ends.
+enum JoinEnd {
+    /// A joined task failed: the JOIN fails with its reasons.
+    Failed(String),
+    /// The joined outputs together would pass the task output limit.
+    Oversized,
+    /// Every joined task succeeded: their outputs, by reference.
+    Joined { output: Map<String, Value>, with_errors: bool, built: usize },
 }

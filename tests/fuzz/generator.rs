@@ -277,7 +277,8 @@ pub fn fork_task_list(n: usize, kind: usize) -> Value {
         1 => json!({"name": "i", "taskReferenceName": format!("d{i}"), "type": "INLINE",
                     "inputParameters": {"evaluatorType": "javascript", "expression": "1"}}),
         2 => json!({"name": "s", "taskReferenceName": format!("d{i}"), "type": "SUB_WORKFLOW",
-                    "subWorkflowParam": {"name": "${workflow.input.name}"}, "inputParameters": {"name": "${workflow.input.name}"}}),
+                    "subWorkflowParam": {"name": "${workflow.input.name}"},
+                    "inputParameters": {"name": "${workflow.input.name}"}}),
         _ => json!({"name": "a", "taskReferenceName": "d"}),
     };
     Value::Array((0..n).map(task).collect())
@@ -830,12 +831,19 @@ pub fn spec(sizes: Sizes) -> BoxedStrategy<Spec> {
             let switch_kind = prop::sample::select(vec!["value-param", "javascript", "decision-param", "decision-js"]);
             let case_name = prop::sample::select(vec!["big", "small", "a", "x", "true", "null", ""]);
             prop_oneof![
-                2 => (switch_kind, js_code(), params(sizes), vec((case_name.prop_map(str::to_string), vec(inner.clone(), 0..3)), 0..3), vec(inner.clone(), 0..3))
+                2 => (
+                    switch_kind,
+                    js_code(),
+                    params(sizes),
+                    vec((case_name.prop_map(str::to_string), vec(inner.clone(), 0..3)), 0..3),
+                    vec(inner.clone(), 0..3),
+                )
                     .prop_map(|(evaluator, code, params, cases, default)| {
                         let expression = if evaluator.ends_with("param") { "x".to_string() } else { code };
                         Spec::Switch { evaluator, expression, params, cases, default }
                     }),
-                2 => (vec(list.clone(), 1..4), prop::bool::weighted(0.8)).prop_map(|(lanes, all)| Spec::Fork(lanes, all)),
+                2 => (vec(list.clone(), 1..4), prop::bool::weighted(0.8))
+                    .prop_map(|(lanes, all)| Spec::Fork(lanes, all)),
                 1 => (1..=sizes.width, small_leaf(sizes)).prop_map(|(n, one)| Spec::Fork(vec![vec![one]; n], true)),
                 2 => (prop::sample::select(LOOP_CONDITIONS.to_vec()), list.clone(), params(sizes))
                     .prop_map(|(c, body, p)| Spec::DoWhile(c.to_string(), body, p)),
@@ -1132,7 +1140,8 @@ fn act(sizes: Sizes) -> BoxedStrategy<Act> {
     ];
     prop_oneof![
         4 => (0usize..8, 1usize..8).prop_map(|(queue, count)| Act::Poll { queue, count }),
-        10 => (w(), t(), status(), worker_output(sizes), prop_oneof![3 => Just(0u64), 1 => 1u64..100, 1 => Just(u64::MAX)],
+        10 => (w(), t(), status(), worker_output(sizes),
+               prop_oneof![3 => Just(0u64), 1 => 1u64..100, 1 => Just(u64::MAX)],
                prop::bool::weighted(0.5))
             .prop_map(|(workflow, task, status, output, callback_after_seconds, with_lease)| Act::Report {
                 workflow, task, status, output, callback_after_seconds, with_lease,

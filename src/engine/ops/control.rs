@@ -157,7 +157,7 @@ impl<S: StateView> Exec<'_, S> {
         }
         let (name, current) = (wf.workflow_name.clone(), wf.workflow_definition.clone());
         let latest = if use_latest_definition { self.workflow_def(&name, None)? } else { None };
-        let def = latest.map_or(current, std::sync::Arc::new);
+        let def = latest.unwrap_or(current);
         let wf = self.workflow(workflow_id)?.expect("loaded above");
         wf.workflow_version = u32::try_from(def.version).unwrap_or(wf.workflow_version);
         wf.workflow_definition = def;

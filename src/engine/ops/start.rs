@@ -98,7 +98,7 @@ impl<S: StateView> Exec<'_, S> {
                 if let Some(p) = problems.first() {
                     return Ok(Err(Rejection::invalid(format!("workflowDef.{}: {}", p.path, p.message))));
                 }
-                def.clone()
+                std::sync::Arc::new(def.clone())
             }
             None => match self.workflow_def(&req.name, req.version)? {
                 Some(def) => def,

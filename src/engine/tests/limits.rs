@@ -121,6 +121,8 @@ fn a_fork_of_self_starts_stops_at_the_starts_per_command_limit() {
 #[test]
 fn a_long_run_of_system_tasks_continues_in_follow_up_ticks() {
     let mut w = World::new();
+    let limits = Limits { max_steps_per_command: 1000, ..Limits::default() };
+    assert_eq!(w.run(Command::SetLimits { limits }), CommandResponse::Done);
     let steps = 2500;
     let tasks: Vec<_> = (0..steps)
         .map(|i| {
@@ -142,6 +144,59 @@ fn a_long_run_of_system_tasks_continues_in_follow_up_ticks() {
     assert_eq!(w.status(&id), WorkflowStatus::Completed, "{}", w.dump(&id));
     assert_eq!(w.wf(&id).variables["last"], json!(steps - 1));
     assert!(ticks >= 2, "the run took several commands: {ticks}");
+}
+
+/// Fuzz finding 5: one command could start `maxStartsPerCommand` workflows, each creating all the tasks of its first
+/// step, with no bound on their total. The steps and tasks of every workflow a command touches now count against
+/// one budget; the starts and decisions past it go on in follow-up Ticks, and nothing fails for it.
+#[test]
+fn a_wide_fan_out_of_wide_children_is_paced_across_commands_not_failed() {
+    let mut w = World::new();
+    w.simple_tasks(&["leaf"]);
+    let width = 200;
+    let leaves: Vec<_> = (0..width).map(|i| json!([{"name": "leaf", "taskReferenceName": format!("l{i}")}])).collect();
+    w.workflow_def(json!({"name": "child", "tasks": [
+        {"name": "f", "taskReferenceName": "f", "type": "FORK_JOIN", "forkTasks": leaves},
+        {"name": "j", "taskReferenceName": "j", "type": "JOIN"}]}));
+    let children: Vec<_> = (0..width)
+        .map(|i| {
+            json!([{"name": "s", "taskReferenceName": format!("s{i}"), "type": "SUB_WORKFLOW",
+                    "subWorkflowParam": {"name": "child"}}])
+        })
+        .collect();
+    w.workflow_def(json!({"name": "parent", "tasks": [
+        {"name": "f", "taskReferenceName": "f", "type": "FORK_JOIN", "forkTasks": children},
+        {"name": "j", "taskReferenceName": "j", "type": "JOIN"}]}));
+    let tasks = |w: &World| w.state.workflows.values().map(|wf| wf.tasks.len()).sum::<usize>();
+    let root = w.start("parent", json!({}));
+    let budget = usize::try_from(Limits::default().max_steps_per_command).expect("fits");
+    // The start created at most the budget, and one step's tasks over it (a FORK is scheduled whole).
+    let created = tasks(&w);
+    assert!(created <= budget + width + 1, "one command created {created} tasks");
+    let waiting = |w: &World| -> Vec<String> {
+        w.state.workflows.values().filter(|wf| wf.decision_pending).map(|wf| wf.workflow_id.clone()).collect()
+    };
+    assert!(
+        !waiting(&w).is_empty(),
+        "the rest waits for Ticks: {created} tasks in {} workflows",
+        w.state.workflows.len()
+    );
+    // The leader's timers tick every workflow that waits; each Tick is one command with a budget of its own.
+    let mut ticks = 0;
+    while let Some(id) = waiting(&w).into_iter().next() {
+        assert_eq!(w.wf(&id).next_tick_ms, w.now_ms, "a workflow that waits is due at once");
+        w.tick(&id);
+        ticks += 1;
+        assert!(ticks < 1000, "no progress");
+    }
+    assert_eq!(w.state.workflows.len(), width + 1, "every child started");
+    for wf in w.state.workflows.values() {
+        assert_eq!(wf.status, WorkflowStatus::Running, "{}", w.dump(&wf.workflow_id));
+        assert!(wf.tasks.iter().all(|t| !t.status.is_terminal() || t.status == TaskStatus::Completed));
+    }
+    // 200 children of 202 tasks each, the parent's 202: all there, none failed.
+    assert_eq!(tasks(&w), (width + 1) * (width + 2));
+    assert_eq!(w.wf(&root).tasks.len(), width + 2);
 }
 
 #[test]
