@@ -15,7 +15,7 @@ mod case;
 #[path = "fuzz/driver.rs"]
 mod driver;
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use serde_json::{json, Map, Value};
 
@@ -30,8 +30,14 @@ use case::{Act, Case, Step};
 #[global_allocator]
 static HEAP: peak_alloc::PeakAlloc = peak_alloc::PeakAlloc;
 
-/// One case at a time: the heap counter is the whole process's.
+/// One test at a time: the heap counter is the whole process's, so a test building its case or dropping its
+/// state would be counted in another's apply (or hide the driver's probe of the counter). Each test takes its turn
+/// first, and holds it until everything it built is dropped.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn turn() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Plays the case and asserts that it keeps every promise.
 fn behaves(steps: Vec<Step>) {
@@ -40,7 +46,6 @@ fn behaves(steps: Vec<Step>) {
 
 /// Plays the case, asserts that it keeps every promise, and gives the state it ends in.
 fn plays(steps: Vec<Step>) -> MemoryState {
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let case = Case { steps, forged_outcomes: Vec::new() };
     let mut evaluator = driver::SandboxEvaluator::new();
     match driver::play_to_end(&case, &mut evaluator, &mut |_| {}) {
@@ -82,6 +87,7 @@ fn start(workflow_id: &str, name: &str, input: Value) -> Step {
 /// Fixed in d2ab02c: a Tick times out tasks by the same definition the timer used.
 #[test]
 fn a_deleted_task_definition_does_not_make_the_leader_tick_forever() {
+    let _turn = turn();
     behaves(vec![
         task_defs(json!([{"name": "b", "retryCount": 0, "timeoutSeconds": 1, "responseTimeoutSeconds": 1}])),
         workflow_def(json!({"name": "w", "tasks": [{"name": "b", "taskReferenceName": "b"}]})),
@@ -104,6 +110,7 @@ fn a_deleted_task_definition_does_not_make_the_leader_tick_forever() {
 /// the resolution's cap.
 #[test]
 fn a_wide_fork_does_not_copy_the_workflow_input_once_per_lane() {
+    let _turn = turn();
     let lanes: Vec<Value> = (0..1000)
         .map(|i| {
             json!([{"name": "a", "taskReferenceName": format!("l{i}"), "inputParameters": {"x": "${workflow.input.x}"}}])
@@ -130,6 +137,7 @@ fn a_wide_fork_does_not_copy_the_workflow_input_once_per_lane() {
 /// definitions an earlier walk found not to lead back.
 #[test]
 fn registering_a_wide_fork_of_sub_workflows_walks_each_named_definition_once() {
+    let _turn = turn();
     let big: Vec<Value> = (0..2000)
         .map(|i| {
             json!({"name": "a", "taskReferenceName": format!("a{i}"), "inputParameters": {"x": "${workflow.input.x}"}})
@@ -159,6 +167,7 @@ fn registering_a_wide_fork_of_sub_workflows_walks_each_named_definition_once() {
 /// milliseconds and times saturate.
 #[test]
 fn a_poll_timeout_of_i64_max_seconds_never_fires() {
+    let _turn = turn();
     let steps = vec![
         task_defs(
             json!([{"name": "a", "retryCount": 1, "retryDelaySeconds": i64::MAX, "pollTimeoutSeconds": i64::MAX}]),
@@ -184,6 +193,7 @@ fn a_poll_timeout_of_i64_max_seconds_never_fires() {
 /// Its start now takes about 0.5 s, the chain of failure workflows going on in Ticks of 0.2 to 0.6 s each.
 #[test]
 fn one_start_does_not_build_a_chain_of_large_workflows() {
+    let _turn = turn();
     let case: Case =
         serde_json::from_str(include_str!("fuzz/findings/5-one-start-builds-a-chain-of-large-workflows.json"))
             .expect("the recorded case parses");
@@ -198,6 +208,7 @@ fn one_start_does_not_build_a_chain_of_large_workflows() {
 /// copying the 842-lane definition for each child: a command now reads each definition once and shares it).
 #[test]
 fn a_self_forking_start_stays_within_a_second() {
+    let _turn = turn();
     let lanes: Vec<Value> = (0..842)
         .map(|i| {
             json!([{"name": "s", "taskReferenceName": format!("s{i}"), "type": "SUB_WORKFLOW",
@@ -221,6 +232,7 @@ fn a_self_forking_start_stays_within_a_second() {
 /// tasks by reference once; the roots of a resolution look each reference up once too.
 #[test]
 fn a_wide_join_of_system_tasks_is_not_cubic_in_its_width() {
+    let _turn = turn();
     let lanes: Vec<Value> = (0..1000)
         .map(|i| {
             json!([{"name": "v", "taskReferenceName": format!("v{i}"), "type": "SET_VARIABLE",

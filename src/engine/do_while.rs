@@ -43,11 +43,10 @@ impl<S: StateView> Exec<'_, S> {
         // before it is copied: the loop's output (earlier iterations included) may not pass the cap.
         let body_refs: BTreeSet<String> = collect_refs(&wf.tasks[li].workflow_task.loop_over);
         let key = iteration.to_string();
-        let mut left = cap.bytes.checked_sub(size::string_len(&key) + 3).and_then(|room| {
-            let output = &wf.tasks[li].output_data;
-            let kept = output.iter().filter(|(k, _)| **k != key).map(|(k, v)| (k.clone(), v.clone()));
-            room.checked_sub(size::map_within(&kept.collect(), room)?)
-        });
+        let mut left = cap
+            .bytes
+            .checked_sub(size::string_len(&key) + 3)
+            .and_then(|room| room.checked_sub(size::map_without_within(&wf.tasks[li].output_data, &key, room)?));
         let mut outputs = Map::new();
         for t in wf
             .tasks

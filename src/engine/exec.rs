@@ -65,6 +65,9 @@ pub struct Exec<'s, S: StateView> {
     forgotten_tasks: Vec<String>,
     /// The bounds this command applies with.
     limits: Limits,
+    /// What the commands before this one in the same log entry spent: this one takes no decision step once the
+    /// entry has spent its budget (its own values are still held to the whole byte budget, see [`Exec::cap`]).
+    earlier: Spent,
     /// The workflow being ended starts no failure workflow: an operator ended it, or its parent's end did.
     pub(super) skip_failure_workflow: bool,
     /// Idempotency keys recorded by this command.
@@ -94,6 +97,23 @@ fn in_progress_by_type(wf: &Workflow) -> BTreeMap<String, u64> {
 /// Result of an operation: Ok, a refusal (the engine's deterministic "no", answered as it is), or a fatal state
 /// read error.
 pub type OpResult<T> = Result<Result<T, Rejection>, StateError>;
+
+/// What commands spent of the budgets the commands of one log entry share: decision steps and tasks created
+/// ([`Limits::max_steps_per_command`]) and bytes built ([`Limits::max_bytes_per_command`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spent {
+    /// Decision steps taken and tasks created.
+    pub steps: u32,
+    /// Bytes of values built.
+    pub bytes: usize,
+}
+
+impl Spent {
+    /// Both together.
+    pub fn plus(self, other: Spent) -> Spent {
+        Spent { steps: self.steps.saturating_add(other.steps), bytes: self.bytes.saturating_add(other.bytes) }
+    }
+}
 
 /// How many bytes a value may take, and the limit that says so (to name it when the value is too large).
 #[derive(Debug, Clone, Copy)]
@@ -130,6 +150,7 @@ impl<'s, S: StateView> Exec<'s, S> {
             built: 0,
             forgotten_tasks: Vec::new(),
             limits: Limits::default(),
+            earlier: Spent::default(),
             skip_failure_workflow: false,
             idempotency_keys: BTreeMap::new(),
             original_in_progress: BTreeMap::new(),
@@ -138,6 +159,17 @@ impl<'s, S: StateView> Exec<'s, S> {
             type_stats: BTreeMap::new(),
             dirty_stats: BTreeSet::new(),
         }
+    }
+
+    /// The same context for a command that follows others in one log entry, which spent `earlier`.
+    pub fn after(mut self, earlier: Spent) -> Self {
+        self.earlier = earlier;
+        self
+    }
+
+    /// What this command has spent so far.
+    pub fn spent(&self) -> Spent {
+        Spent { steps: self.steps, bytes: self.built }
     }
 
     /// The same context applying with `limits` (the cluster setting) instead of the defaults.
@@ -292,13 +324,14 @@ impl<'s, S: StateView> Exec<'s, S> {
         }
     }
 
-    /// Runs pending starts and decisions (cascading to parents), then hands back every changed workflow.
+    /// Runs pending starts and decisions (cascading to parents), then hands back every changed workflow and what
+    /// the command spent.
     ///
     /// Starts are drained first: each one was counted against [`Limits::max_starts_per_command`] when it was
     /// queued. Once the command has taken [`Limits::max_steps_per_command`] steps, what is left to start or decide
     /// is left to a follow-up `Tick` (the workflow is marked [`Workflow::decision_pending`]; a workflow not yet
     /// started has no tasks, and its decision starts it).
-    pub fn finish(mut self) -> Result<(Vec<Mutation>, Transitions), StateError> {
+    pub fn finish(mut self) -> Result<(Vec<Mutation>, Transitions, Spent), StateError> {
         loop {
             loop {
                 let id = match self.to_start.pop_front() {
@@ -357,7 +390,7 @@ impl<'s, S: StateView> Exec<'s, S> {
         for task_id in std::mem::take(&mut self.forgotten_tasks) {
             mutations.push(Mutation::DeleteTaskIndex { task_id });
         }
-        Ok((mutations, transitions))
+        Ok((mutations, transitions, self.spent()))
     }
 
     /// Fails every running workflow this command changed whose record is now larger than
@@ -429,8 +462,9 @@ impl<'s, S: StateView> Exec<'s, S> {
     /// Whether this command has taken all the steps it may ([`Limits::max_steps_per_command`]), or built half the
     /// bytes it may ([`Limits::max_bytes_per_command`]: the other half is room for the step in progress).
     pub(super) fn out_of_steps(&self) -> bool {
-        self.steps >= self.limits.max_steps_per_command
-            || self.built >= Limits::bytes(self.limits.max_bytes_per_command) / 2
+        let entry = self.earlier.plus(self.spent());
+        entry.steps >= self.limits.max_steps_per_command
+            || entry.bytes >= Limits::bytes(self.limits.max_bytes_per_command) / 2
     }
 
     /// Counts a decision step or a task created against this command's bound.

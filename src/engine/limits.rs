@@ -28,7 +28,8 @@ pub struct Limits {
     /// Most steps the decider takes in one command, for all the workflows the command touches together; each task
     /// created counts as a step too (a FORK of 500 lanes is 501). Reaching it is not an error: the decisions left
     /// go on in a follow-up `Tick`, due at once, so that no command does unbounded work and no legitimate workflow
-    /// fails for being long or wide. (Called `maxStepsPerDecision`, per workflow, before 0.x; that name is read
+    /// fails for being long or wide. The commands batched into one log entry share it: a command of the batch
+    /// takes no step once the ones before it have taken them all. (Called `maxStepsPerDecision`, per workflow, before 0.x; that name is read
     /// as this one.)
     #[serde(alias = "maxStepsPerDecision")]
     pub max_steps_per_command: u32,
@@ -54,7 +55,8 @@ pub struct Limits {
     pub max_workflow_record_bytes: u32,
     /// Most bytes of values one command builds, for all the workflows it touches together (task inputs and
     /// outputs, workflow inputs and outputs, what templates copy). Past half of it, the command takes no new
-    /// decision step: the decisions left go on in a follow-up `Tick`. A value that would pass it fails its task or
+    /// decision step: the decisions left go on in a follow-up `Tick` (that half is shared by the commands batched
+    /// into one log entry, as [`Limits::max_steps_per_command`] is). A value that would pass it fails its task or
     /// workflow, naming it (a single step, a FORK of many lanes copying a large input, can get there).
     pub max_bytes_per_command: u32,
 }

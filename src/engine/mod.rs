@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use definitions::{validate_task_def, validate_workflow_def, FieldError, TaskDef, WorkflowDef};
-use exec::Exec;
+use exec::{Exec, Spent};
 use model::LeaseRef;
 use model::Workflow;
 use ops::{LeaseGrant, StartWorkflow, TaskRef, TaskUpdate};
@@ -528,6 +528,8 @@ pub struct Applied {
     pub response: CommandResponse,
     /// The status changes the mutations make, for metrics (not written anywhere).
     pub transitions: Transitions,
+    /// What applying it spent of the budgets the commands of one log entry share.
+    pub(crate) spent: Spent,
 }
 
 impl Applied {
@@ -536,6 +538,7 @@ impl Applied {
             mutations: Vec::new(),
             response: CommandResponse::Rejected(rejection),
             transitions: Transitions::default(),
+            spent: Spent::default(),
         }
     }
 }
@@ -562,11 +565,12 @@ pub fn apply(state: &impl StateView, proposal: &Proposal) -> Result<Applied, Sta
     if let Command::Batch(commands) = &proposal.command {
         return apply_batch(state, proposal.at_ms, commands);
     }
-    apply_one(state, proposal)
+    apply_one(state, proposal, Spent::default())
 }
 
-/// Applies one command that is not a batch.
-fn apply_one(state: &impl StateView, proposal: &Proposal) -> Result<Applied, StateError> {
+/// Applies one command that is not a batch. `earlier` is what the commands before it in the same log entry spent
+/// of the budgets they share.
+fn apply_one(state: &impl StateView, proposal: &Proposal, earlier: Spent) -> Result<Applied, StateError> {
     if matches!(proposal.command, Command::Batch(_)) {
         return Ok(Applied::rejected(Rejection::invalid("a batch cannot contain a batch")));
     }
@@ -641,9 +645,14 @@ fn apply_one(state: &impl StateView, proposal: &Proposal) -> Result<Applied, Sta
             mutations.push(Mutation::PutBenchValue { key: key.clone(), value: value.clone() });
         }
         Command::SetLimits { limits } => mutations.push(Mutation::PutLimits(limits.clone())),
-        workflow_command => return apply_workflow_command(state, at_ms, workflow_command),
+        workflow_command => return apply_workflow_command(state, at_ms, workflow_command, earlier),
     }
-    Ok(Applied { mutations, response: CommandResponse::Done, transitions: Transitions::default() })
+    Ok(Applied {
+        mutations,
+        response: CommandResponse::Done,
+        transitions: Transitions::default(),
+        spent: Spent::default(),
+    })
 }
 
 /// Applies a batch's commands in order, each seeing the changes of those before it.
@@ -660,8 +669,11 @@ fn apply_batch(state: &impl StateView, at_ms: u64, commands: &[Command]) -> Resu
     let mut mutations = Vec::new();
     let mut responses = Vec::with_capacity(commands.len());
     let mut transitions = Transitions::default();
+    // The steps and bytes budgets hold for the whole entry: a batch of 128 commands does not get 128 of each.
+    let mut spent = Spent::default();
     for command in commands {
-        let applied = apply_one(&overlay, &Proposal { at_ms, command: command.clone() })?;
+        let applied = apply_one(&overlay, &Proposal { at_ms, command: command.clone() }, spent)?;
+        spent = spent.plus(applied.spent);
         for m in &applied.mutations {
             overlay.record(m);
         }
@@ -669,7 +681,7 @@ fn apply_batch(state: &impl StateView, at_ms: u64, commands: &[Command]) -> Resu
         responses.push(applied.response);
         transitions.extend(applied.transitions);
     }
-    Ok(Applied { mutations, response: CommandResponse::Batch(responses), transitions })
+    Ok(Applied { mutations, response: CommandResponse::Batch(responses), transitions, spent })
 }
 
 /// The state as of before a batch, plus what the batch's earlier commands wrote.
@@ -778,8 +790,13 @@ impl<S: StateView> StateView for Overlay<'_, S> {
     }
 }
 
-fn apply_workflow_command(state: &impl StateView, at_ms: u64, command: &Command) -> Result<Applied, StateError> {
-    let mut exec = Exec::new(state, at_ms).with_limits(state.limits()?);
+fn apply_workflow_command(
+    state: &impl StateView,
+    at_ms: u64,
+    command: &Command,
+    earlier: Spent,
+) -> Result<Applied, StateError> {
+    let mut exec = Exec::new(state, at_ms).with_limits(state.limits()?).after(earlier);
     let outcome: Result<CommandResponse, Rejection> = match command {
         Command::StartWorkflow(req) => {
             exec.op_start(req)?.map(|workflow_id| CommandResponse::WorkflowStarted { workflow_id })
@@ -833,10 +850,10 @@ fn apply_workflow_command(state: &impl StateView, at_ms: u64, command: &Command)
     };
     match outcome {
         Ok(response) => {
-            let (mutations, transitions) = exec.finish()?;
-            Ok(Applied { mutations, response, transitions })
+            let (mutations, transitions, spent) = exec.finish()?;
+            Ok(Applied { mutations, response, transitions, spent })
         }
-        Err(rejection) => Ok(Applied::rejected(rejection)),
+        Err(rejection) => Ok(Applied { spent: exec.spent(), ..Applied::rejected(rejection) }),
     }
 }
 

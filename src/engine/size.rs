@@ -48,6 +48,19 @@ pub fn map_within(map: &Map<String, Value>, cap: usize) -> Option<usize> {
     (total <= cap).then_some(total)
 }
 
+/// [`map_within`] of `map` as if its member `skip` were removed, measured in place (nothing is copied).
+pub fn map_without_within(map: &Map<String, Value>, skip: &str, cap: usize) -> Option<usize> {
+    let mut total = 2usize;
+    let mut members = 0usize;
+    for (key, value) in map.iter().filter(|(key, _)| key.as_str() != skip) {
+        // The key with its quotes and colon, and a comma before every member but the first.
+        total = total.checked_add(string_len(key) + 1 + usize::from(members > 0))?;
+        members += 1;
+        total = total.checked_add(value_within(value, cap.checked_sub(total)?)?)?;
+    }
+    (total <= cap).then_some(total)
+}
+
 /// The length of any serialisable record's compact JSON, if it is at most `cap`. The serialiser stops writing
 /// once the cap is passed, so nothing of the size of the record is allocated. For records whose values are
 /// depth-checked ([`super::model::MAX_VALUE_DEPTH`]), since serde's serialiser recurses.
@@ -155,6 +168,22 @@ mod tests {
                 assert_eq!(map_within(map, usize::MAX), Some(text.len()), "{text}");
             }
         }
+    }
+
+    #[test]
+    fn a_map_without_one_member_measures_as_the_map_it_would_be() {
+        let value = json!({"1": [1, 2], "2": {"x": "y"}, "iteration": 2, "k\"ey": null});
+        let Value::Object(map) = &value else { unreachable!("an object") };
+        for skip in ["1", "2", "iteration", "k\"ey", "absent"] {
+            let mut without = map.clone();
+            without.remove(skip);
+            let text = serde_json::to_string(&without).expect("serialises");
+            assert_eq!(map_without_within(map, skip, usize::MAX), Some(text.len()), "without {skip}: {text}");
+            assert_eq!(map_without_within(map, skip, text.len() - 1), None, "without {skip}");
+        }
+        let one = json!({"only": 1});
+        let Value::Object(one) = &one else { unreachable!("an object") };
+        assert_eq!(map_without_within(one, "only", usize::MAX), Some(2));
     }
 
     #[test]

@@ -199,6 +199,42 @@ fn a_wide_fan_out_of_wide_children_is_paced_across_commands_not_failed() {
     assert_eq!(w.wf(&root).tasks.len(), width + 2);
 }
 
+/// The budgets hold per log entry: the commands batched in one share them. A batch of three starts, each of a
+/// workflow whose first step is a FORK of 6,000 tasks: the first two fit (the second starting while the entry has
+/// spent less than the budget), the third waits for its Tick.
+#[test]
+fn the_commands_of_one_log_entry_share_the_step_budget() {
+    let mut w = World::new();
+    w.simple_tasks(&["leaf"]);
+    let width = 6000;
+    let leaves: Vec<_> = (0..width).map(|i| json!([{"name": "leaf", "taskReferenceName": format!("l{i}")}])).collect();
+    w.workflow_def(json!({"name": "wide", "tasks": [
+        {"name": "f", "taskReferenceName": "f", "type": "FORK_JOIN", "forkTasks": leaves},
+        {"name": "j", "taskReferenceName": "j", "type": "JOIN"}]}));
+    let starts: Vec<Command> = (0..3)
+        .map(|_| {
+            let request = w.start_request("wide", json!({}));
+            Command::StartWorkflow(request)
+        })
+        .collect();
+    let ids: Vec<String> = starts
+        .iter()
+        .map(|c| match c {
+            Command::StartWorkflow(request) => request.workflow_id.clone(),
+            _ => unreachable!("starts"),
+        })
+        .collect();
+    let CommandResponse::Batch(responses) = w.run(Command::Batch(starts)) else { panic!("a batch answers a batch") };
+    assert!(responses.iter().all(|r| matches!(r, CommandResponse::WorkflowStarted { .. })), "{responses:?}");
+    let tasks: Vec<usize> = ids.iter().map(|id| w.wf(id).tasks.len()).collect();
+    assert_eq!(tasks, [width + 2, width + 2, 0], "the third start waits");
+    assert!(w.wf(&ids[2]).decision_pending);
+    assert_eq!(w.wf(&ids[2]).next_tick_ms, w.now_ms, "and is due at once");
+    w.tick(&ids[2]);
+    assert_eq!(w.wf(&ids[2]).tasks.len(), width + 2);
+    assert_eq!(w.status(&ids[2]), WorkflowStatus::Running);
+}
+
 #[test]
 fn a_do_while_that_never_ends_fails_at_the_iteration_limit() {
     let mut w = World::new();
