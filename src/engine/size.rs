@@ -51,11 +51,9 @@ pub fn map_within(map: &Map<String, Value>, cap: usize) -> Option<usize> {
 /// [`map_within`] of `map` as if its member `skip` were removed, measured in place (nothing is copied).
 pub fn map_without_within(map: &Map<String, Value>, skip: &str, cap: usize) -> Option<usize> {
     let mut total = 2usize;
-    let mut members = 0usize;
-    for (key, value) in map.iter().filter(|(key, _)| key.as_str() != skip) {
+    for (member, (key, value)) in map.iter().filter(|(key, _)| key.as_str() != skip).enumerate() {
         // The key with its quotes and colon, and a comma before every member but the first.
-        total = total.checked_add(string_len(key) + 1 + usize::from(members > 0))?;
-        members += 1;
+        total = total.checked_add(string_len(key) + 1 + usize::from(member > 0))?;
         total = total.checked_add(value_within(value, cap.checked_sub(total)?)?)?;
     }
     (total <= cap).then_some(total)
