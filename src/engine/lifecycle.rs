@@ -321,10 +321,11 @@ impl<S: StateView> Exec<'_, S> {
                 matches!(t.status, TaskStatus::Failed | TaskStatus::FailedWithTerminalError | TaskStatus::TimedOut)
             })
             .map(|t| t.task_id.clone());
-        if size::record_within(&failed, room / 2).is_none() {
+        let mut whole = size::record_within(&failed, room);
+        if whole.is_none_or(|bytes| bytes > room / 2) {
             failed.tasks = Vec::new();
+            whole = size::record_within(&failed, room);
         }
-        let whole = size::record_within(&failed, room);
         if refused.is_none() && (own.is_none() || whole.is_none()) {
             refused = Some(cap.breach("its input"));
         }
